@@ -247,7 +247,12 @@ def _parse_hosts(raw: Any, group_profiles: Mapping[str, str], domains: list[str]
         dns_names = entry.get("dns_names")
         ip_addresses = entry.get("ip_addresses")
         derived_ip: list[str] = []
-        derived_dns = [name if any(in_domain(name, d) for d in domains) else f"{name}.{domains[0]}"]
+        domain = entry.get("domain") or domains[0]
+        if domain not in domains:
+            raise _fail(where, f"pki_domain {domain!r} is not one of pki_domains",
+                        "add it to pki_domains or fix pki_domain")
+        fqdn = name if any(in_domain(name, d) for d in domains) else f"{name}.{domain}"
+        derived_dns = [fqdn]
         if isinstance(address, str) and address:
             try:
                 ipaddress.ip_address(address)

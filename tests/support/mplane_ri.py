@@ -108,7 +108,7 @@ sys.meta_path.insert(0, _PingSourceOption())
 # Runs inside the RI venv (python -c), request as JSON on stdin, answer as JSON
 # on stdout. It uses the RI's own HttpInitiatorClient so that what is tested
 # is what mpcli does, not our reading of the protocol.
-_CLIENT_DRIVER = '''\
+_CLIENT_DRIVER = """\
 import json
 import sys
 import time
@@ -165,7 +165,7 @@ else:
     reply = json.loads(mplane.model.unparse_json(msg))
 
 json.dump(reply, answer)
-'''
+"""
 
 
 class RIError(RuntimeError):
@@ -250,6 +250,8 @@ def ri_venv(cache_dir: Path) -> Path:
         build = Path(tempfile.mkdtemp(prefix=".venv-build-", dir=cache_dir))
         try:
             _build_venv(python, build)
+            # mkdtemp made it private; the venv is for whoever runs the tests.
+            build.chmod(0o755)
             # Renaming is safe because the RI is only ever started as
             # "<venv>/bin/python <script>": script shebangs keep the build path,
             # but the interpreter finds its venv relative to itself.

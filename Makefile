@@ -1,0 +1,29 @@
+# SPDX-License-Identifier: Apache-2.0
+VENV := .venv
+PY := $(VENV)/bin/python
+INVENTORY ?= inventory/virtual-rig
+
+.PHONY: setup rig test test-fast bench pki-status
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make setup   install Debian packages and the .venv (idempotent)"
+	@echo "make rig     run the main job on the virtual rig (INVENTORY=... for another)"
+	@echo "make test    lint and the whole test suite"
+	@echo "make bench   run the benchmarks and update docs/benchmarks.md"
+
+setup:
+	@setup/setup.sh
+
+$(PY):
+	@echo "no .venv: run 'make setup' first" >&2; exit 1
+
+rig: $(PY)
+	$(VENV)/bin/ansible-playbook -i $(INVENTORY) playbooks/pki.yml
+	@$(PY) -m pki status --state $(INVENTORY)/.state/pki
+
+test: $(PY)
+	$(PY) -m pytest
+
+bench: $(PY)
+	$(PY) bench/pki_issue.py --write docs/benchmarks.md
