@@ -23,7 +23,7 @@ rig: $(PY)
 	@$(PY) -m pki status --state $(INVENTORY)/.state/pki
 
 test: $(PY)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(PY)
 	$(PY) bench/pki_issue.py --write docs/benchmarks.md

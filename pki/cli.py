@@ -81,14 +81,15 @@ def _print_report(report: Report, as_json: bool) -> None:
 
 def _status(state: PKIState, as_json: bool) -> None:
     index = state.load_index()
-    rows = [r for r in index.certificates]
+    rows = index.certificates
     if as_json:
         print(json.dumps([vars(r) for r in rows], sort_keys=True))
         return
-    print(f"{'host':<24} {'status':<10} {'not after':<11} {'serial':<40} identity")
+    width = max([len("host"), *(len(r.host) for r in rows)])
+    print(f"{'host':<{width}} {'status':<10} {'not after':<11} {'serial':<40} identity")
     for r in rows:
         status = r.status if r.status != "revoked" else f"revoked:{r.reason}"
-        print(f"{r.host:<24} {status:<10} {r.not_after[:10]:<11} {r.serial:<40} {r.identity}")
+        print(f"{r.host:<{width}} {status:<10} {r.not_after[:10]:<11} {r.serial:<40} {r.identity}")
 
 
 def build_parser() -> argparse.ArgumentParser:
