@@ -13,6 +13,12 @@ FORMAT = 1
 CURRENT, SUPERSEDED, REVOKED = "current", "superseded", "revoked"
 
 
+def serial_hex(serial: int) -> str:
+    """Upper-case hex in whole bytes, as `openssl x509 -serial` prints it."""
+    digits = f"{serial:X}"
+    return digits.zfill(len(digits) + len(digits) % 2)
+
+
 @dataclass
 class CertRecord:
     serial: str  # hex, as `openssl x509 -serial` prints it

@@ -20,7 +20,7 @@ from pki.ca import IssuingCA
 from pki.deployment import Deployment, HostRequest, in_domain
 from pki.errors import PKIError
 from pki.files import write_atomic
-from pki.index import CURRENT, REVOKED, SUPERSEDED, CertRecord, Index
+from pki.index import CURRENT, REVOKED, SUPERSEDED, CertRecord, Index, serial_hex
 from pki.keys import encrypted_pem, generate_key, plain_pem
 from pki.mplane_form import mplane_forms
 from pki.state import BUNDLE_FILES, PKIState, pem
@@ -155,7 +155,7 @@ def _why_issue(state: PKIState, deployment: Deployment, host: HostRequest,
         return "names changed"
     if current.key_type != deployment.key_type:
         return "key type changed"
-    if current.issuer_serial != format(ca.cert.serial_number, "X"):
+    if current.issuer_serial != serial_hex(ca.cert.serial_number):
         return "issuing CA changed"
     if current.not_after_dt - now <= deployment.renew_before:
         return f"expires {current.not_after_dt:%Y-%m-%d}"
@@ -168,11 +168,11 @@ def _why_issue(state: PKIState, deployment: Deployment, host: HostRequest,
 def _record(deployment: Deployment, host: HostRequest, cert: x509.Certificate,
             ca: IssuingCA) -> CertRecord:
     return CertRecord(
-        serial=format(cert.serial_number, "X"), host=host.name,
+        serial=serial_hex(cert.serial_number), host=host.name,
         subject=cert.subject.rfc4514_string(), identity=certs.mplane_identity(cert.subject),
         profile=host.profile.name, dns_names=list(host.dns_names),
         ip_addresses=[str(ip) for ip in host.ip_addresses],
-        key_type=deployment.key_type, issuer_serial=format(ca.cert.serial_number, "X"),
+        key_type=deployment.key_type, issuer_serial=serial_hex(ca.cert.serial_number),
         not_before=cert.not_valid_before_utc.isoformat(),
         not_after=cert.not_valid_after_utc.isoformat(),
     )
