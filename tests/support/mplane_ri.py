@@ -10,6 +10,12 @@ Port naming follows the harness user, not the RI: a supervisor's
 ``component_port`` is where components register (the RI calls that side its
 ``[client]``), its ``client_port`` is where clients list capabilities and post
 specifications (the RI's ``[component]`` side).
+
+Certificates and authorizations come from probeforge's PKI (``pki``): a host
+bundle's ``chain.pem``, ``cert-mplane.pem`` (the RI form) and ``key.pem`` make
+a :class:`TLSFiles`, and the PKI's ``authz.ini`` is a supervisor's
+``authz_ini``. The harness renders ``roles``/``authorizations`` tables with
+the PKI's renderer too, so there is one way of writing them in the project.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from pki.authz import render_authz
+
 RI_REQUIREMENTS: tuple[str, ...] = (
     "mplane-sdk==0.9.0",
     "tornado==6.6.1",
@@ -55,6 +63,9 @@ RESULT_PATH = "register/result"
 CORE_REGISTRY = "http://ict-mplane.eu/registry/core"
 
 RI_PING_LABELS: tuple[str, ...] = ("ping-average-ip4", "ping-detail-ip4")
+
+# Only appears in the comment heading authorization tables rendered here.
+HARNESS_AUTHZ_NAME = "mplane-ri-test-harness"
 
 # Loaded through a .pth file at interpreter start-up in the RI venv. A .pth
 # file rather than sitecustomize.py because a distribution's own
@@ -176,13 +187,25 @@ class RIError(RuntimeError):
 class TLSFiles:
     """Files an RI program needs for mutual TLS.
 
-    ``cert`` must be in the RI form (``openssl x509 -text`` dump followed by
-    the PEM block): the RI reads its own identity from the ``Subject:`` line.
+    ``cert`` must be in the RI form (OpenSSL's text dump followed by the PEM
+    block): the RI reads its own identity from the ``Subject:`` line. The PKI
+    writes that form as ``hosts/<host>/cert-mplane.pem``; see
+    :meth:`from_pki_bundle`.
     """
 
     ca_chain: Path
     cert: Path
     key: Path
+
+    @classmethod
+    def from_pki_bundle(cls, bundle: Path) -> TLSFiles:
+        """The files of a PKI host bundle (``<state>/hosts/<host>``).
+
+        The paths are resolved now: ``hosts/<host>`` is a link that the PKI
+        moves on re-issue, and a revoked or superseded bundle is deleted.
+        """
+        bundle = bundle.resolve(strict=True)
+        return cls(bundle / "chain.pem", bundle / "cert-mplane.pem", bundle / "key.pem")
 
     def as_ri_section(self) -> dict[str, str]:
         return {
@@ -216,6 +239,14 @@ def _venv_fingerprint(python: str) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """Where tests keep RI venvs: ``$PROBEFORGE_RI_CACHE``, else the repo's ``.cache/mplane-ri``."""
+    configured = os.environ.get("PROBEFORGE_RI_CACHE")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / ".cache" / "mplane-ri"
 
 
 def ri_python(venv: Path) -> Path:
@@ -303,33 +334,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def ri_cert_form(pem_cert: Path, dest: Path) -> Path:
-    """Write ``pem_cert`` in the form RI programs read: text dump, then PEM."""
-    text = subprocess.run(
-        ["openssl", "x509", "-in", str(pem_cert), "-text"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    dest.write_text(text)
-    return dest
-
-
-def render_authz_ini(
+def _render_authz_tables(
     roles: Mapping[str, Sequence[str]], authorizations: Mapping[str, Sequence[str]]
 ) -> str:
-    """Render ``[Roles]`` (identity -> roles) and ``[Authorizations]``
-    (capability label substring -> roles) as the RI reads them."""
+    """``[Roles]`` (identity -> roles) and ``[Authorizations]`` (capability
+    label substring -> roles), rendered by the project's one renderer,
+    :func:`pki.authz.render_authz`.
+
+    That renderer writes what it is given, so the text is read back here as
+    the RI reads it: a key or role that would not come back unchanged
+    (``=``, ``:``, ``,``, a line break, surrounding blanks, an empty name)
+    raises ``ValueError`` rather than grant something else.
+    """
+    text = render_authz(HARNESS_AUTHZ_NAME, roles, authorizations)
     parser = _new_config()
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise ValueError(f"authorization tables do not render cleanly: {exc}") from None
     for section, table in (("Roles", roles), ("Authorizations", authorizations)):
-        parser.add_section(section)
-        for key, values in table.items():
-            if any(c in key for c in "=:[]\n") or not key.strip():
-                raise ValueError(f"{section}: unusable key {key!r}")
-            if any("," in v or not v.strip() for v in values):
-                raise ValueError(f"{section}: unusable role in {list(values)!r}")
-            parser[section][key] = ",".join(values)
-    return _config_text(parser)
+        wanted = {key: sorted(values) for key, values in table.items()}
+        read_back = {key: sorted(value.split(",")) for key, value in parser[section].items()}
+        names = [*wanted, *(role for values in wanted.values() for role in values)]
+        if read_back != wanted or not all(name.strip() for name in names):
+            raise ValueError(f"[{section}]: the RI would not read back {dict(table)!r}")
+    return text
 
 
 def _new_config() -> configparser.ConfigParser:
@@ -364,7 +393,7 @@ def _authz_sections(
         if extra:
             raise ValueError(f"authz_ini may only hold [Roles] and [Authorizations], not {extra}")
     else:
-        parser.read_string(render_authz_ini(roles or {}, authorizations or {}))
+        parser.read_string(_render_authz_tables(roles or {}, authorizations or {}))
     # With TLS the RI raises KeyError on a missing section; empty means deny all.
     for section in ("Roles", "Authorizations"):
         if not parser.has_section(section):
@@ -717,8 +746,14 @@ def _run_client(venv: Path, request: dict[str, Any], timeout: float) -> Any:
     except subprocess.TimeoutExpired as exc:
         raise RIError(f"RI client gave no answer within {timeout} s") from exc
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.splitlines()[-20:])
-        raise RIError(f"RI client failed ({request['action']} at {request['url']}):\n{tail}")
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        # The exception that ended the client first, e.g. a refused TLS handshake
+        # ("... Caused by SSLError(...)"), then the traceback for context.
+        final = lines[-1] if lines else f"exit status {done.returncode}"
+        tail = "\n".join(lines[-20:])
+        raise RIError(
+            f"RI client failed ({request['action']} at {request['url']}): {final}\n{tail}"
+        )
     return json.loads(done.stdout)
 
 
@@ -773,3 +808,14 @@ def run_specification(
     }
     reply: dict[str, Any] = _run_client(venv, request, timeout + 30.0)
     return reply
+
+
+def result_row(reply: Mapping[str, Any]) -> dict[str, Any]:
+    """The one row of a result from :func:`run_specification`, by result
+    column name; ``RIError`` if the reply is an exception or has other rows."""
+    if reply.get("result") != "measure":
+        raise RIError(f"not a result: {dict(reply)!r}")
+    rows = reply["resultvalues"]
+    if len(rows) != 1:
+        raise RIError(f"{len(rows)} result rows, not one: {dict(reply)!r}")
+    return dict(zip(reply["results"], rows[0], strict=True))
