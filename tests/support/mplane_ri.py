@@ -133,6 +133,10 @@ import mplane.client
 import mplane.model
 import mplane.tls
 
+if request.get("registry_preload"):
+    # Registries other than the core one are preloaded from files: the RI would
+    # otherwise try to download them from their URI.
+    mplane.model.preload_registry(request["registry_preload"])
 mplane.model.initialize_registry(request["registry"])
 config = {"client": {}}
 if request["tls"] is not None:
@@ -729,10 +733,12 @@ class RIComponent(_RIProcess):
 
 
 def _run_client(venv: Path, request: dict[str, Any], timeout: float) -> Any:
+    preload = request.get("registry_preload")
     request = {
         "registry": CORE_REGISTRY,
         **request,
         "tls": None if request.get("tls") is None else request["tls"].as_ri_section(),
+        "registry_preload": None if preload is None else str(Path(preload).resolve()),
     }
     try:
         done = subprocess.run(
@@ -758,20 +764,34 @@ def _run_client(venv: Path, request: dict[str, Any], timeout: float) -> Any:
 
 
 def fetch_capabilities(
-    venv: Path, url: str, *, tls: TLSFiles | None = None, timeout: float = 30.0
+    venv: Path,
+    url: str,
+    *,
+    tls: TLSFiles | None = None,
+    timeout: float = 30.0,
+    registry_preload: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Capabilities the client identity may see at ``url``, by label, as JSON."""
     reply: dict[str, dict[str, Any]] = _run_client(
-        venv, {"action": "capabilities", "url": url, "tls": tls}, timeout
+        venv,
+        {"action": "capabilities", "url": url, "tls": tls, "registry_preload": registry_preload},
+        timeout,
     )
     return reply
 
 
 def list_capabilities(
-    venv: Path, url: str, *, tls: TLSFiles | None = None, timeout: float = 30.0
+    venv: Path,
+    url: str,
+    *,
+    tls: TLSFiles | None = None,
+    timeout: float = 30.0,
+    registry_preload: Path | None = None,
 ) -> list[str]:
     """Labels of the capabilities the client identity may see at ``url``."""
-    return sorted(fetch_capabilities(venv, url, tls=tls, timeout=timeout))
+    return sorted(
+        fetch_capabilities(venv, url, tls=tls, timeout=timeout, registry_preload=registry_preload)
+    )
 
 
 def run_specification(
@@ -785,6 +805,7 @@ def run_specification(
     capability: Mapping[str, Any] | None = None,
     timeout: float = 90.0,
     poll_interval: float = 1.0,
+    registry_preload: Path | None = None,
 ) -> dict[str, Any]:
     """Run capability ``label`` through the supervisor at ``url``; return the
     final message as JSON: a result (``"result"`` key) or an exception
@@ -805,6 +826,7 @@ def run_specification(
         "capability": None if capability is None else dict(capability),
         "timeout": timeout,
         "poll_interval": poll_interval,
+        "registry_preload": registry_preload,
     }
     reply: dict[str, Any] = _run_client(venv, request, timeout + 30.0)
     return reply
