@@ -109,7 +109,8 @@ class When:
         if self.end is not None:
             return start, self.end
         if self.duration is not None:
-            return start, start + self.duration
+            # The duration counts from the stated start, even if that is already past.
+            return start, max(start, (self.start or start) + self.duration)
         return start, start
 
     def ticks(self, now: datetime, stop: threading.Event,
