@@ -59,8 +59,11 @@ class Component:
         self._last_registration = 0.0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        for measurement in self.catalog.offers.values():
-            recover = getattr(measurement.measurement, "recover", None)
+        # A measurement that changes the device (Tstat's runtime.conf) undoes what a killed
+        # predecessor left switched on.
+        for measurement in {id(o.measurement): o.measurement
+                            for o in self.catalog.offers.values()}.values():
+            recover = getattr(measurement, "recover", None)
             if recover is not None:
                 recover()
         self.jobs.recover()
