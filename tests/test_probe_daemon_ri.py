@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The probe daemon against the real mPlane reference supervisor and client (mplane-sdk 0.9.0).
+
+Over plain HTTP and over mutual TLS with the PKI's bundles and DN-based authorization: the
+daemon registers, the RI client lists its capabilities, runs them and gets results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pki import Deployment, PKIState, sync
+from tests.support.mplane_ri import (
+    RISupervisor,
+    TLSFiles,
+    default_cache_dir,
+    free_port,
+    list_capabilities,
+    ri_venv,
+    run_specification,
+)
+from tests.support.probe_daemon_proc import ProbeDaemon, registry_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.mplane_ri]
+
+PING = ("ping-average-ip4", "ping-detail-ip4", "ping-average-ip6", "ping-detail-ip6")
+# Measurements whose modules are not part of this test's scope are switched off.
+ONLY_PING = {name: {"enabled": "no"} for name in ("traceroute", "http", "dns", "ott", "tstat")}
+
+
+def wait_listed(venv, url, labels, *, tls=None, registry=None, timeout=30.0) -> list[str]:
+    """The supervisor adds registered capabilities asynchronously: poll until all are listed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = list_capabilities(venv, url, tls=tls, registry_preload=registry)
+        if set(labels) <= set(listed) or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def venv() -> Path:
+    return ri_venv(default_cache_dir())
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Path:
+    return registry_file(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="module")
+def http_stack(venv, registry, tmp_path_factory) -> Iterator[tuple[RISupervisor, ProbeDaemon]]:
+    work = tmp_path_factory.mktemp("daemon-http")
+    with RISupervisor(venv, work, component_port=free_port(), client_port=free_port(),
+                      registry_preload=registry) as supervisor, \
+            ProbeDaemon(work, supervisor.component_url, sections=ONLY_PING) as daemon:
+        daemon.wait_log("registered 4 capabilities")
+        yield supervisor, daemon
+
+
+def test_http_registration_and_listing(venv, registry, http_stack):
+    supervisor, daemon = http_stack
+    labels = wait_listed(venv, supervisor.client_url, PING, registry=registry)
+    assert set(PING) <= set(labels)
+    assert "TLS is off" in daemon.log()
+
+
+def test_http_ping_average_and_detail(venv, registry, http_stack):
+    supervisor, _ = http_stack
+    reply = run_specification(venv, supervisor.client_url, "ping-average-ip4",
+                              {"destination.ip4": "127.0.0.1", "source.ip4": "127.0.0.1"},
+                              when="now + 3s / 1s", registry_preload=registry)
+    assert reply.get("result") == "measure", reply
+    values = dict(zip(reply["results"], reply["resultvalues"][0], strict=True))
+    assert values["delay.twoway.icmp.count"] == "3"
+    assert 0 < int(values["delay.twoway.icmp.us.min"]) <= int(values["delay.twoway.icmp.us.max"])
+    detail = run_specification(venv, supervisor.client_url, "ping-detail-ip6",
+                               {"destination.ip6": "::1", "source.ip6": "::1"},
+                               when="now + 2s / 1s", registry_preload=registry)
+    assert detail.get("result") == "measure", detail
+    assert len(detail["resultvalues"]) == 2
+
+
+def test_http_measurement_that_cannot_run_returns_an_exception(venv, registry, http_stack):
+    supervisor, daemon = http_stack
+    reply = run_specification(venv, supervisor.client_url, "ping-average-ip4",
+                              {"destination.ip4": "127.0.0.1", "source.ip4": "192.0.2.77"},
+                              when="now + 2s / 1s", registry_preload=registry)
+    assert "exception" in reply, reply
+    assert "192.0.2.77 is not an address of this host" in reply["message"]
+    assert daemon.process is not None and daemon.process.poll() is None
+
+
+# -- mutual TLS ------------------------------------------------------------------------------
+
+PASSPHRASE = b"probe-daemon-tls-test"
+
+
+def pki_request() -> dict:
+    hosts = [("supervisor", "supervisors"), ("probe-01", "probes"), ("operator", "clients"),
+             ("guest", "guests")]
+    return {
+        "deployment": "daemon-test", "domains": ["daemon-test.internal"],
+        "networks": ["127.0.0.0/8", "::1/128"],
+        "group_profiles": {"supervisors": "supervisor", "probes": "probe", "clients": "client",
+                           "guests": "client"},
+        "mplane_roles": {"operators": ["clients"]},
+        "authorizations": {"ping-": ["operators"]},
+        "hosts": [{"name": n, "groups": [g], "address": "127.0.0.1"} for n, g in hosts],
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_stack(venv, registry, tmp_path_factory):
+    work = tmp_path_factory.mktemp("daemon-tls")
+    state = PKIState(work / "pki")
+    sync(state, Deployment.from_request(pki_request()), PASSPHRASE)
+    bundle = state.hosts_dir / "probe-01"
+    with RISupervisor(venv, work, component_port=free_port(), client_port=free_port(),
+                      tls=TLSFiles.from_pki_bundle(state.hosts_dir / "supervisor"),
+                      authz_ini=state.authz_path.read_text(),
+                      registry_preload=registry) as supervisor, \
+            ProbeDaemon(work, supervisor.component_url, ca_file=bundle / "chain.pem",
+                        cert_file=bundle / "cert.pem", key_file=bundle / "key.pem",
+                        sections=ONLY_PING) as daemon:
+        daemon.wait_log("registered 4 capabilities")
+        yield state, supervisor, daemon
+
+
+def test_tls_authorized_operator_runs_ping(venv, registry, tls_stack):
+    state, supervisor, daemon = tls_stack
+    operator = TLSFiles.from_pki_bundle(state.hosts_dir / "operator")
+    labels = wait_listed(venv, supervisor.client_url, PING, tls=operator, registry=registry)
+    assert sorted(labels) == sorted(PING)
+    reply = run_specification(venv, supervisor.client_url, "ping-average-ip4",
+                              {"destination.ip4": "127.0.0.1", "source.ip4": "127.0.0.1"},
+                              tls=operator, when="now + 2s / 1s", registry_preload=registry)
+    assert reply.get("result") == "measure", reply
+    assert "TLS is off" not in daemon.log()
+
+
+def test_tls_unauthorized_guest_is_refused(venv, registry, tls_stack):
+    state, supervisor, _ = tls_stack
+    guest = TLSFiles.from_pki_bundle(state.hosts_dir / "guest")
+    assert list_capabilities(venv, supervisor.client_url, tls=guest,
+                             registry_preload=registry) == []
+
+
+def test_registry_lists_every_declared_element(registry):
+    data = json.loads(registry.read_text())
+    assert data["registry-format"] == "mplane-0"
+    assert data["includes"] == ["http://ict-mplane.eu/registry/core"]
