@@ -19,7 +19,7 @@ from pki.authz import render_authz
 from pki.ca import IssuingCA
 from pki.deployment import Deployment, HostRequest, in_domain
 from pki.errors import PKIError
-from pki.files import write_atomic
+from pki.files import write_atomic, write_new
 from pki.index import CURRENT, REVOKED, SUPERSEDED, CertRecord, Index, serial_hex
 from pki.keys import encrypted_pem, generate_key, plain_pem
 from pki.mplane_form import mplane_forms
@@ -189,16 +189,17 @@ def _issue(state: PKIState, deployment: Deployment, hosts: list[HostRequest], ca
         cert = ca.issue(deployment, host, key.public_key(), now)
         record = _record(deployment, host, cert, ca)
         tmp = state.new_bundle_dir(record.bundle_name)
-        # Not synced one by one: a single sync below makes the whole batch durable.
-        write_atomic(tmp / "key.pem", plain_pem(key), mode=0o600, durable=False)
-        write_atomic(tmp / "cert.pem", pem(cert), durable=False)
-        write_atomic(tmp / "chain.pem", chain, durable=False)
-        write_atomic(tmp / "ca.pem", root, durable=False)
+        # The directory is renamed into place only when complete, so its files need no
+        # atomic write of their own; one sync below makes the whole batch durable.
+        write_new(tmp / "key.pem", plain_pem(key), mode=0o600)
+        write_new(tmp / "cert.pem", pem(cert))
+        write_new(tmp / "chain.pem", chain)
+        write_new(tmp / "ca.pem", root)
         issued.append((host, cert, tmp))
     forms = mplane_forms([cert for _, cert, _ in issued])
     records = []
     for (host, cert, tmp), form in zip(issued, forms, strict=True):
-        write_atomic(tmp / "cert-mplane.pem", form, durable=False)
+        write_new(tmp / "cert-mplane.pem", form)
         record = _record(deployment, host, cert, ca)
         final = state.bundles_dir / record.bundle_name
         shutil.rmtree(final, ignore_errors=True)
