@@ -33,6 +33,8 @@ from probe_daemon.when import When, WhenError
 
 log = logging.getLogger(__name__)
 
+MAX_SERVER_ERRORS = 5
+
 
 def _connect(config: Config) -> Supervisor:
     if config.tls:
@@ -81,6 +83,7 @@ class Component:
 
     def _send_loop(self) -> None:
         backoff = Backoff(1.0, self.config.backoff_max)
+        server_errors: dict[int, int] = {}
         while not self.stopping.is_set():
             if self._need_registration.is_set():
                 # Deliver only once the (possibly restarted) supervisor knows us again.
@@ -105,6 +108,14 @@ class Component:
                           reply.status, reply.body[:200].decode(errors="replace"))
                 self.spool.done(seq)
             else:
+                # A supervisor that answers but keeps failing on one message (the RI returns
+                # 500 when it cannot parse it) must not block everything queued behind it.
+                server_errors[seq] = server_errors.get(seq, 0) + 1
+                if server_errors[seq] >= MAX_SERVER_ERRORS:
+                    log.error("supervisor failed %d times on message %d (HTTP %d); dropped",
+                              MAX_SERVER_ERRORS, seq, reply.status)
+                    self.spool.done(seq)
+                    continue
                 self._link_down(f"HTTP {reply.status} for a result")
                 self.stopping.wait(backoff.next_delay())
 
