@@ -5,6 +5,7 @@ import importlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from probe_daemon.measurements.base import CapabilityTemplate, Measurement
 from probe_daemon.model import Statement
@@ -95,4 +96,8 @@ class Catalog:
             raise SpecificationError(f"when: {exc}") from None
         if not within(offered, when):
             raise SpecificationError(f"when {spec.when!r} is not within {template.when!r}")
+        if when.ended(datetime.now(UTC)):
+            # As the RI: a scope over before it arrives is not run (nor run at another time).
+            raise SpecificationError(f"when {spec.when!r} is not within {template.when!r}: "
+                                     "it ended before the specification arrived")
         return offer, when

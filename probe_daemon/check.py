@@ -41,7 +41,8 @@ def _credentials(config: Config) -> list[str]:
         tls_context(config.ca_file, config.cert_file, config.key_file)
     except ssl.SSLError as exc:
         problems.append(f"certificate, key or CA file unusable ({exc.reason or exc}): check "
-                        "that probe.crt and probe.key are the same host's pair")
+                        f"that {config.cert_file} and {config.key_file} are the same host's "
+                        "pair")
     except OSError as exc:
         problems.append(f"cannot read credentials: {exc}")
     try:

@@ -44,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log_target, config.log_level)
     if args.check:
         return report(config)
-    try:
-        component = Component(config)
-    except (ConfigError, OSError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-
+    # Handlers first: a SIGHUP or SIGTERM during start-up must not kill the daemon half-made.
     stop = threading.Event()
     reload = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    try:
+        component = Component(config)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     component.start()
     log.info("probe-daemon %s started: %d capabilities for %s", __version__,
              len(component.catalog.offers), config.supervisor_url)
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             reload.clear()
             try:
                 component.reload(load(args.config, overrides))
-            except ConfigError as exc:
+            except (ValueError, OSError, ImportError) as exc:
+                # ConfigError, a measurement's option error, unreadable TLS files ...: none
+                # may take the running daemon down.
                 log.error("reload refused, keeping the running configuration: %s", exc)
     log.info("stopping: interrupting measurements and flushing results")
     component.stop()

@@ -8,6 +8,7 @@ supervisor has forgotten us. Measurements keep running meanwhile and their resul
 the spool.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -179,13 +180,20 @@ class Component:
             return
         for item in items:
             # One bad message must not stop the others (the RI's poller dies on it).
+            token = item.get("token") if isinstance(item, dict) else None
             try:
                 self.handle(parse_statement(item))
             except MessageError as exc:
-                token = item.get("token") if isinstance(item, dict) else None
                 log.warning("malformed message from the supervisor: %s", exc)
                 if isinstance(token, str) and token:
                     self.emit(MPlaneException(token, f"malformed message: {exc}"))
+            except Exception as exc:
+                # A bug in handling one message must not kill the poller (the daemon would
+                # stay up but deaf).
+                log.exception("cannot handle a message from the supervisor")
+                if isinstance(token, str) and token:
+                    with contextlib.suppress(OSError):  # the spool may be what failed
+                        self.emit(MPlaneException(token, f"internal error: {exc}"))
 
     def handle(self, message: Message) -> None:
         if isinstance(message, MPlaneException):
@@ -214,11 +222,11 @@ class Component:
         job = RunningJob(spec=message, capability_label=offer.template.label,
                          results=list(offer.template.results), measurement=offer.measurement,
                          when=when)
-        refusal = self.jobs.start(job)
+        refusal = self.jobs.start(job, receipt=message.derive(
+            "receipt", results=list(offer.template.results), link=None))
         if refusal:
             self.emit(MPlaneException(message.token, refusal))
             return
-        self.emit(message.derive("receipt", results=list(offer.template.results), link=None))
         log.info("accepted %s (token %s, when %s)", message.label, message.token, message.when)
 
     def _callback(self, spec: Statement) -> None:
@@ -233,13 +241,15 @@ class Component:
 
     def reload(self, config: Config) -> None:
         """Apply a new configuration: re-offer capabilities, reconnect if needed."""
+        # Everything that can fail comes first: a refused reload changes nothing.
         catalog = Catalog(load_measurements(config))
+        supervisor = _connect(config)
         with self._lock:
             removed = [s for s in self.catalog.capabilities()
                        if s.label not in catalog.offers]
             self.catalog = catalog
             self.config = config
-            self.supervisor = _connect(config)
+            self.supervisor = supervisor
             self.poll_interval = config.poll_interval
         for statement in removed:
             self.emit(statement.derive("withdrawal"))
@@ -254,13 +264,17 @@ class Component:
             self._threads.append(thread)
 
     def stop(self, grace: float = 10.0) -> None:
-        """Interrupt measurements so their results are spooled, then stop talking."""
-        self.jobs.stop_all(grace)
+        """Interrupt measurements so their results are spooled, then stop talking.
+
+        ``grace`` bounds the whole stop, so an init system's stop timeout is respected; what
+        is not delivered by then stays in the spool.
+        """
         deadline = time.monotonic() + grace
+        self.jobs.stop_all(grace / 2)
         while len(self.spool) and not self._need_registration.is_set() \
                 and time.monotonic() < deadline:
             time.sleep(0.1)
         self.stopping.set()
         self.spool.wake()
         for thread in self._threads:
-            thread.join(grace)
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -5,6 +5,7 @@ Accepted jobs are recorded on disk until they end, so a daemon killed mid-measur
 the client at its next start instead of leaving it waiting forever.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -63,8 +64,12 @@ class JobRunner:
         with self._lock:
             return len(self._jobs)
 
-    def start(self, job: RunningJob) -> str | None:
-        """Start the job; return a reason when it cannot be accepted."""
+    def start(self, job: RunningJob, receipt: Message | None = None) -> str | None:
+        """Start the job; return a reason when it cannot be accepted.
+
+        ``receipt`` is emitted once the job is accepted and before it runs, so that no
+        result or exception of a quick job can overtake it.
+        """
         with self._lock:
             if job.spec.token in self._jobs:
                 return "a job with this token is already running"
@@ -72,6 +77,14 @@ class JobRunner:
                 return f"probe busy: {self.max_jobs} measurements already running"
             self._record(job)
             self._jobs[job.spec.token] = job
+        if receipt is not None:
+            try:
+                self.emit(receipt)
+            except BaseException:
+                with self._lock:
+                    self._jobs.pop(job.spec.token, None)
+                self._record_path(job.spec.token).unlink(missing_ok=True)
+                raise
         job.thread = threading.Thread(target=self._run, args=(job,),
                                       name=f"job-{job.spec.label}", daemon=True)
         job.thread.start()
@@ -94,8 +107,13 @@ class JobRunner:
             if job.thread is not None:
                 job.thread.join(timeout)
 
+    def _record_path(self, token: str) -> Path:
+        # Tokens come from the supervisor: never let one name a path ("../x", "a/b").
+        digest = hashlib.sha256(token.encode(errors="surrogatepass")).hexdigest()
+        return self.state_dir / f"{digest[:32]}.json"
+
     def _record(self, job: RunningJob) -> None:
-        path = self.state_dir / f"{job.spec.token}.json"
+        path = self._record_path(job.spec.token)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"token": job.spec.token, "label": job.spec.label}))
         os.replace(tmp, path)
@@ -129,4 +147,4 @@ class JobRunner:
         self.emit(message)
         with self._lock:
             self._jobs.pop(job.spec.token, None)
-        (self.state_dir / f"{job.spec.token}.json").unlink(missing_ok=True)
+        self._record_path(job.spec.token).unlink(missing_ok=True)

@@ -30,7 +30,10 @@ def parse_duration(text: str) -> timedelta:
     if not text.strip() or not match:
         raise WhenError(f"{text!r} is not an mPlane duration (e.g. 30s, 5m, 1h30m)")
     d, h, m, s = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    try:
+        return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    except OverflowError:
+        raise WhenError(f"{text!r} is longer than any date can express") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -112,6 +115,15 @@ class When:
             # The duration counts from the stated start, even if that is already past.
             return start, max(start, (self.start or start) + self.duration)
         return start, start
+
+    def ended(self, now: datetime) -> bool:
+        """Whether the scope's stated end (an end time, or start time + duration) is past."""
+        end = self.end
+        if end is None and self.start is not None and self.duration is not None:
+            if self.duration > datetime.max.replace(tzinfo=UTC) - self.start:
+                return False  # ends after any date
+            end = self.start + self.duration
+        return end is not None and end < now
 
     def ticks(self, now: datetime, stop: threading.Event,
               default_period: timedelta = timedelta(seconds=1)) -> Iterator[datetime]:

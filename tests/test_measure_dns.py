@@ -1,25 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """DNS measurements against a real dnsmasq on loopback, and the wire client on crafted packets."""
 
-import ast
 import ipaddress
-import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from probe_daemon.measurements import dns
-from probe_daemon.measurements.base import Job, MeasurementError
+from probe_daemon.measurements.base import MeasurementError
 from probe_daemon.measurements.dns import (
     ELEMENTS,
     DnsMeasurement,
@@ -35,9 +29,10 @@ from probe_daemon.measurements.dns import (
     read_name,
 )
 from probe_daemon.model import REGISTRY_CORE
-from probe_daemon.when import When
+from tests.support.dnsmasq import DNSMASQ, running_dnsmasq
+from tests.support.imports import imported_roots
+from tests.support.jobs import make_job
 
-DNSMASQ = shutil.which("dnsmasq", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
 needs_dnsmasq = pytest.mark.skipif(
     DNSMASQ is None, reason="no dnsmasq binary (Debian: dnsmasq-base)")
 
@@ -48,13 +43,11 @@ def rr_hex(*parts: bytes) -> str:
     return b"".join(parts).hex()
 
 
-def dnsmasq_args(port: int) -> list[str]:
+def dnsmasq_records(port: int) -> list[str]:
     soa = rr_hex(encode_name("ns1.zone.test"), encode_name("hostmaster.zone.test"),
                  struct.pack("!IIIII", 2024010101, 3600, 600, 86400, 300))
     return [
-        DNSMASQ or "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--pid-file=",
-        "--no-resolv", "--no-hosts", f"--port={port}", "--listen-address=127.0.0.1",
-        "--bind-interfaces", "--local-ttl=300",
+        "--local-ttl=300",
         "--host-record=host.test,192.0.2.10,2001:db8::10",
         "--host-record=short.test,192.0.2.20,42",
         "--address=/wild.test/192.0.2.30",
@@ -70,61 +63,12 @@ def dnsmasq_args(port: int) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq needs both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
 @pytest.fixture(scope="module")
 def dnsmasq() -> Iterator[Server]:
     if DNSMASQ is None:
         pytest.skip("no dnsmasq binary (Debian: dnsmasq-base)")
-    for _attempt in range(5):
-        port = free_port()
-        proc = subprocess.Popen(dnsmasq_args(port), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        server = Server("127.0.0.1", port)
-        deadline = time.monotonic() + 5
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                query(server, "host.test", 1, timeout_s=0.1, retries=0)
-                break
-            except MeasurementError:
-                continue
-        else:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-            log = proc.communicate(timeout=5)[0]
-            if b"in use" in log:
-                continue  # lost the port to someone else between the probe and the bind
-            pytest.fail(f"dnsmasq did not start: {log.decode(errors='replace')}")
-        break
-    else:
-        pytest.fail("no free port for dnsmasq after 5 attempts")
-    try:
+    with running_dnsmasq(dnsmasq_records, "host.test") as server:
         yield server
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
-
-
-def make_job(label: str, **parameters: str) -> Job:
-    return Job(label=label, parameters=parameters, when=When.parse("now"),
-               received=datetime.now(UTC), stop=threading.Event())
 
 
 def run(server: Server, label: str = "dns-lookup", options: dict[str, str] | None = None,
@@ -517,9 +461,5 @@ def test_record_details():
 
 
 def test_measurement_module_uses_only_the_standard_library():
-    tree = ast.parse(Path(dns.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = imported_roots(dns.__file__)
     assert imported - {"probe_daemon"} <= set(sys.stdlib_module_names)

@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """http-download against real HTTP(S) servers on loopback (IPv4, IPv6, TLS from our PKI)."""
 
-import ast
 import socket
 import ssl
 import sys
@@ -19,8 +18,9 @@ from probe_daemon.measurements import http_download
 from probe_daemon.measurements.base import Job, MeasurementError
 from probe_daemon.measurements.http_download import ELEMENTS, HttpDownloadMeasurement
 from probe_daemon.model import REGISTRY_CORE
-from probe_daemon.when import When
 from tests.conftest import PASSPHRASE, rig_request
+from tests.support import jobs
+from tests.support.imports import imported_roots
 
 RELEASE = threading.Event()  # lets /hang handlers end when the module's servers stop
 
@@ -140,8 +140,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 
 def make_job(url: str, when: str = "now") -> Job:
-    return Job(label="http-download", parameters={"destination.url": url},
-               when=When.parse(when), received=datetime.now(UTC), stop=threading.Event())
+    return jobs.make_job("http-download", when, destination_url=url)
 
 
 def download(url: str, **options: str) -> dict:
@@ -323,9 +322,5 @@ def test_no_ssl_module_refuses_https(monkeypatch):
 
 
 def test_measurement_module_uses_only_the_standard_library():
-    tree = ast.parse(Path(http_download.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = imported_roots(http_download.__file__)
     assert imported - {"probe_daemon"} <= set(sys.stdlib_module_names)

@@ -11,7 +11,7 @@ import re
 import ssl
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -35,8 +35,8 @@ from probe_daemon.measurements.ott import (
     parse_hls_media,
     parse_manifest,
 )
-from probe_daemon.when import When
 from tests.conftest import REPO, openssl
+from tests.support import jobs
 from tests.support.streaming import (
     LEVELS,
     Behaviour,
@@ -65,8 +65,7 @@ def make_job(url: str, when: str = "now", source: str | None = "127.0.0.1",
     parameters = {"content.url": url}
     if source is not None:
         parameters["source.ip4"] = source
-    return Job(label="ott-download", parameters=parameters, when=When.parse(when),
-               received=datetime.now(UTC), stop=stop or threading.Event())
+    return jobs.make_job("ott-download", when, stop, **parameters)
 
 
 def measure(url: str, **options: str) -> list[dict[str, Any]]:
@@ -618,7 +617,8 @@ def test_https_content(tls_stream, monkeypatch):
     server, cert = tls_stream
     with pytest.raises(MeasurementError, match=r"(?i)certificate"):
         measure(server.url("/hls/master.m3u8"))  # the device does not trust this server
-    monkeypatch.setattr(ott, "tls_context", lambda: ssl.create_default_context(cafile=cert))
+    monkeypatch.setattr(ott.fetch, "tls_context",  # where HttpClient looks it up
+                        lambda: ssl.create_default_context(cafile=cert))
     row = one(server.url("/dash/number.mpd"))
     assert (row["qos.manifest"], row["qos.content"], row["qos.level"]) == (100, 100, 78)
 

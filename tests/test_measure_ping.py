@@ -2,20 +2,15 @@
 """The native ping measurement: real echo requests over loopback and in network namespaces."""
 
 import array
-import json
-import os
 import random
-import shutil
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from probe_daemon.measurements.base import Job, MeasurementError
+from probe_daemon.measurements.base import MeasurementError
 from probe_daemon.measurements.ping import (
     IP4,
     IP6,
@@ -23,52 +18,17 @@ from probe_daemon.measurements.ping import (
     echo_request,
     internet_checksum,
 )
-from probe_daemon.when import When
-from tests.conftest import REPO
+from tests.support.jobs import make_job
+from tests.support.netns import in_ns, namespaces, netns_required, run_job
 
 AVERAGE = ["delay.twoway.icmp.us.min", "delay.twoway.icmp.us.mean",
            "delay.twoway.icmp.us.max", "delay.twoway.icmp.count"]
 TARGET = "probe_daemon.measurements.ping:PingMeasurement"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
-# Runs one job in another network namespace (and maybe as another user); prints JSON.
-RUNNER = r'''
-import importlib, json, sys, threading, time
-from datetime import UTC, datetime
-from probe_daemon.measurements.base import Job, MeasurementError, format_value
-from probe_daemon.when import When
-
-args = json.loads(sys.argv[1])
-module, _, name = args["target"].partition(":")
-measurement = getattr(importlib.import_module(module), name)(args.get("options", {}))
-stop = threading.Event()
-if args.get("stop_after"):
-    timer = threading.Timer(args["stop_after"], stop.set)
-    timer.daemon = True
-    timer.start()
-job = Job(label=args["label"], parameters=args["parameters"], when=When.parse(args["when"]),
-          received=datetime.now(UTC), stop=stop)
-out = {"unavailable": measurement.unavailable()}
-began = time.monotonic()
-try:
-    out["rows"] = [{k: format_value(v) for k, v in row.items()} for row in measurement.run(job)]
-except MeasurementError as exc:
-    out["error"] = str(exc)
-out["seconds"] = time.monotonic() - began
-print(json.dumps(out))
-'''
-
 ICMP_UNAVAILABLE = PingMeasurement().unavailable()
 needs_icmp = pytest.mark.skipif(ICMP_UNAVAILABLE is not None, reason=str(ICMP_UNAVAILABLE))
-needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip")
-                                 or not shutil.which("setpriv"),
-                                 reason="needs root, ip (iproute2) and setpriv (util-linux)")
-
-
-def make_job(label, when, stop=None, **parameters):
-    return Job(label=label, parameters={k.replace("_", "."): v for k, v in parameters.items()},
-               when=When.parse(when), received=datetime.now(UTC),
-               stop=stop or threading.Event())
+needs_netns = netns_required("setpriv")
 
 
 def rtt_columns_consistent(row):
@@ -208,24 +168,8 @@ def test_source_address_not_of_this_host():
 @pytest.fixture
 def netns():
     """Make namespaces with unique names; delete exactly those afterwards."""
-    created: list[str] = []
-
-    def make(*sysctls: str) -> str:
-        name = f"pft-ping-{uuid.uuid4().hex[:10]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        created.append(name)
-        in_ns(name, "ip", "link", "set", "lo", "up")
-        if sysctls:
-            in_ns(name, "sysctl", "-qw", *sysctls)
-        return name
-
-    yield make
-    for name in created:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def in_ns(name, *command):
-    subprocess.run(["ip", "netns", "exec", name, *command], check=True, capture_output=True)
+    with namespaces("pft-ping") as make:
+        yield make
 
 
 def lab(netns, *sysctls):
@@ -244,15 +188,7 @@ def lab(netns, *sysctls):
 
 
 def run_in(name, label, destination, when="now", user=None, **extra):
-    family = label[-3:]
-    args = {"target": TARGET, "label": label, "when": when,
-            "parameters": {f"destination.{family}": destination}, **extra}
-    command = ["ip", "netns", "exec", name, *(user or []), sys.executable, "-c", RUNNER,
-               json.dumps(args)]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_job(name, TARGET, label, destination, when, user, **extra)
 
 
 ALLOW_PING_SOCKETS = "net.ipv4.ping_group_range=0 2147483647"

@@ -5,64 +5,23 @@ The namespaces form a chain  probe -- r1 -- r2 -- target  with forwarding in r1 
 trace from the probe namespace has three hops.
 """
 
-import json
-import os
-import shutil
 import subprocess
-import sys
 import threading
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pytest
 
-from probe_daemon.measurements.base import Job
 from probe_daemon.measurements.traceroute import TracerouteMeasurement
-from probe_daemon.when import When
-from tests.conftest import REPO
+from tests.support.jobs import make_job
+from tests.support.netns import in_ns, ip, namespaces, netns_required, run_job
 
 DELAYS = ["delay.twoway.icmp.us.min", "delay.twoway.icmp.us.mean",
           "delay.twoway.icmp.us.max", "delay.twoway.icmp.count"]
 TARGET = "probe_daemon.measurements.traceroute:TracerouteMeasurement"
 
-# Runs one job in another network namespace; prints JSON.
-RUNNER = r'''
-import importlib, json, sys, threading, time
-from datetime import UTC, datetime
-from probe_daemon.measurements.base import Job, MeasurementError, format_value
-from probe_daemon.when import When
-
-args = json.loads(sys.argv[1])
-module, _, name = args["target"].partition(":")
-measurement = getattr(importlib.import_module(module), name)(args.get("options", {}))
-stop = threading.Event()
-if args.get("stop_after"):
-    timer = threading.Timer(args["stop_after"], stop.set)
-    timer.daemon = True
-    timer.start()
-job = Job(label=args["label"], parameters=args["parameters"], when=When.parse(args["when"]),
-          received=datetime.now(UTC), stop=stop)
-out = {"unavailable": measurement.unavailable()}
-began = time.monotonic()
-try:
-    out["rows"] = [{k: format_value(v) for k, v in row.items()} for row in measurement.run(job)]
-except MeasurementError as exc:
-    out["error"] = str(exc)
-out["seconds"] = time.monotonic() - began
-print(json.dumps(out))
-'''
-
 RAW_UNAVAILABLE = TracerouteMeasurement().unavailable()
 needs_raw = pytest.mark.skipif(RAW_UNAVAILABLE is not None, reason=str(RAW_UNAVAILABLE))
-needs_netns = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                                 reason="needs root and ip (iproute2)")
-
-
-def make_job(label, when="now", stop=None, **parameters):
-    return Job(label=label, parameters={k.replace("_", "."): v for k, v in parameters.items()},
-               when=When.parse(when), received=datetime.now(UTC),
-               stop=stop or threading.Event())
+needs_netns = netns_required()
 
 
 def answered(row, address):
@@ -127,28 +86,9 @@ def test_stopped_before_it_starts():
 @pytest.fixture
 def netns():
     """Make namespaces with unique names; delete exactly those afterwards."""
-    created: list[str] = []
-
-    def make(*sysctls: str) -> str:
-        name = f"pft-trace-{uuid.uuid4().hex[:10]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        created.append(name)
-        ip(name, "link", "set", "lo", "up")
-        # Tentative link-local addresses keep routers from resolving neighbours for ~2 s.
-        in_ns(name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", *sysctls)
-        return name
-
-    yield make
-    for name in created:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def in_ns(name, *command):
-    subprocess.run(["ip", "netns", "exec", name, *command], check=True, capture_output=True)
-
-
-def ip(name, *args):
-    subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
+    # Tentative link-local addresses keep routers from resolving neighbours for ~2 s.
+    with namespaces("pft-trace", "net.ipv6.conf.default.accept_dad=0") as make:
+        yield make
 
 
 @dataclass
@@ -198,15 +138,7 @@ def chain(netns):
 
 
 def trace(name, label, destination, **extra):
-    family = label[-3:]
-    args = {"target": TARGET, "label": label, "when": "now",
-            "parameters": {f"destination.{family}": destination}, **extra}
-    result = subprocess.run(
-        ["ip", "netns", "exec", name, sys.executable, "-c", RUNNER, json.dumps(args)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return run_job(name, TARGET, label, destination, **extra)
 
 
 @pytest.mark.netns

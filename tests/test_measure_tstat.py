@@ -28,8 +28,9 @@ import pytest
 from probe_daemon.measurements.base import REGISTRY_PROBEFORGE, Job, MeasurementError
 from probe_daemon.measurements.tstat import ELEMENTS, OPTIONS, TstatMeasurement
 from probe_daemon.model import REGISTRY_CORE
-from probe_daemon.when import When, format_time
+from probe_daemon.when import format_time
 from tests.conftest import REPO
+from tests.support import jobs
 
 FIXTURE = REPO / "tests" / "fixtures" / "tstat" / "runtime.conf"
 ORIGINAL = FIXTURE.read_bytes()
@@ -90,8 +91,7 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> None:
 
 
 def make_job(label: str, when: str = "now ... future") -> Job:
-    return Job(label=label, parameters={}, when=When.parse(when), received=datetime.now(UTC),
-               stop=threading.Event())
+    return jobs.make_job(label, when)
 
 
 class Running:
@@ -158,13 +158,16 @@ def test_capabilities_are_the_proxy_names_and_declare_their_elements(tstat):
         "tstat-exporter_log"]
     for template in templates.values():
         assert template.when == "now ... future"
-        assert template.parameters == {}
+        # One parameter, so that the mPlane RI client (which refuses to specify a capability
+        # without parameters) can run it.
+        assert template.parameters == {"observer.interface": "*"}
         assert template.registry == REGISTRY_PROBEFORGE != REGISTRY_CORE
         assert set(template.results) - CORE_ELEMENTS <= set(ELEMENTS)
         assert template.metadata["System_type"] == "tStat"
     assert "tstat.log.class" in templates[CORE].results
     assert "tstat.log.class" not in templates["tstat-exporter_log"].results
-    assert set(OPTIONS) == {"binary", "runtime_conf", "log_dir", "rrd_dir", "state_file"}
+    assert set(OPTIONS) == {"binary", "runtime_conf", "log_dir", "rrd_dir", "state_file",
+                            "interface"}
 
 
 def test_offered_only_where_tstat_and_its_runtime_conf_exist(tmp_path, options, monkeypatch):

@@ -8,6 +8,7 @@ daemon registers, the RI client lists its capabilities, runs them and gets resul
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pki import Deployment, PKIState, sync
+from tests.support.dnsmasq import running_dnsmasq
 from tests.support.mplane_ri import (
     RISupervisor,
     TLSFiles,
@@ -24,7 +26,8 @@ from tests.support.mplane_ri import (
     ri_venv,
     run_specification,
 )
-from tests.support.probe_daemon_proc import ProbeDaemon, registry_file
+from tests.support.probe_daemon_proc import REPO, ProbeDaemon, registry_file
+from tests.support.streaming import StreamingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.mplane_ri]
 
@@ -155,3 +158,76 @@ def test_registry_lists_every_declared_element(registry):
     data = json.loads(registry.read_text())
     assert data["registry-format"] == "mplane-0"
     assert data["includes"] == ["http://ict-mplane.eu/registry/core"]
+
+
+# -- every capability, through the RI ---------------------------------------------------------
+
+RECORDS = ["--host-record=probe.rig.test,127.0.0.1", "--local=/rig.test/",
+           "--ptr-record=1.0.0.127.in-addr.arpa,localhost.rig.test"]
+
+
+@pytest.fixture(scope="module")
+def full_stack(venv, registry, tmp_path_factory):
+    """The daemon with every measurement on, and something real for each to measure."""
+    work = tmp_path_factory.mktemp("daemon-full")
+    # Tstat itself comes with the tstat role (a later issue): a stand-in executable lets the
+    # daemon offer Tstat control; everything it does is real edits of a real runtime.conf.
+    fake_tstat = work / "bin" / "tstat"
+    fake_tstat.parent.mkdir()
+    fake_tstat.write_text("#!/bin/sh\nexit 0\n")
+    fake_tstat.chmod(0o755)
+    runtime_conf = work / "runtime.conf"
+    shutil.copy(REPO / "tests" / "fixtures" / "tstat" / "runtime.conf", runtime_conf)
+    (work / "tstat-logs").mkdir()
+    with StreamingServer() as media, \
+            running_dnsmasq(lambda port: RECORDS, "probe.rig.test") as dns_server, \
+            RISupervisor(venv, work, component_port=free_port(), client_port=free_port(),
+                         registry_preload=registry) as supervisor, \
+            ProbeDaemon(work, supervisor.component_url, sections={
+                "dns": {"server": f"127.0.0.1#{dns_server.port}"},
+                "ott": {"playout_s": "6", "time_scale": "4"},
+                "tstat": {"binary": str(fake_tstat), "runtime_conf": str(runtime_conf),
+                          "log_dir": str(work / "tstat-logs"),
+                          "state_file": str(work / "tstat-state.json")},
+            }) as daemon:
+        daemon.wait_log(r"registered \d+ capabilities")
+        yield media, supervisor, runtime_conf
+
+
+FULL = {
+    "traceroute-icmp-ip4": ({"destination.ip4": "127.0.0.1", "source.ip4": "127.0.0.1"}, "now"),
+    "traceroute-udp-ip4": ({"destination.ip4": "127.0.0.1", "source.ip4": "127.0.0.1"}, "now"),
+    "dns-lookup": ({"dns.name": "probe.rig.test", "dns.type": "A", "dns.server": "default"},
+                   "now"),
+    "dns-reverse-ip4": ({"destination.ip4": "127.0.0.1"}, "now"),
+    "http-download": ({"destination.url": "MEDIA/hls/v400000/seg0.ts"}, "now + 10s / 10s"),
+    "ott-download": ({"content.url": "MEDIA/hls/master.m3u8", "source.ip4": "127.0.0.1"},
+                     "now + 10s / 10s"),
+    "tstat-log_tcp_complete-core": ({"observer.interface": "eth0"}, "now + 2s"),
+}
+
+
+def test_every_capability_runs_through_the_supervisor(venv, registry, full_stack):
+    media, supervisor, runtime_conf = full_stack
+    original = runtime_conf.read_text()
+    listed = wait_listed(venv, supervisor.client_url, [*PING, *FULL], registry=registry)
+    assert set(FULL) | set(PING) <= set(listed)
+    rows = {}
+    for label, (params, when) in FULL.items():
+        params = {k: v.replace("MEDIA", media.url("")) for k, v in params.items()}
+        reply = run_specification(venv, supervisor.client_url, label, params, when=when,
+                                  timeout=60, registry_preload=registry)
+        assert reply.get("result") == "measure", (label, reply)
+        rows[label] = [dict(zip(reply["results"], row, strict=True))
+                       for row in reply["resultvalues"]]
+    assert rows["traceroute-icmp-ip4"][0]["intermediate.ip4"] == "127.0.0.1"
+    assert rows["traceroute-udp-ip4"][0]["intermediate.ip4"] == "127.0.0.1"
+    assert rows["dns-lookup"][0]["dns.record-value"] == "127.0.0.1"
+    assert rows["dns-reverse-ip4"][0]["dns.record-value"] == "localhost.rig.test"
+    assert rows["http-download"][0]["http.code"] == "200"
+    assert int(rows["http-download"][0]["octets.layer7"]) > 0
+    ott = rows["ott-download"][0]
+    assert ott["http.code.max"] == "200" and int(ott["qos.aggregate"]) > 50
+    assert rows["tstat-log_tcp_complete-core"][0]["tstat.log.class"] == "log_tcp_complete"
+    # The window is over: Tstat's configuration is back as it was.
+    assert runtime_conf.read_text() == original

@@ -11,7 +11,7 @@ Conventions for a measurement module ``probe_daemon/measurements/<name>.py``:
 
 - a class implementing ``Measurement``, constructed as ``Cls(options)`` where ``options`` is its
   ``[<name>]`` section of probe.conf (strings), keys documented in a module-level
-  ``OPTIONS: dict[str, tuple[str, str]]`` (key -> (default, help));
+  ``OPTIONS: dict[str, tuple[str, str]]`` (key -> (default, help)) and read with ``Options``;
 - result and parameter elements missing from the mPlane core registry declared in a
   module-level ``ELEMENTS: dict[str, tuple[str, str]]`` (name -> (primitive, description)),
   primitive one of string, natural, real, boolean, time, address, url; the daemon's registry
@@ -20,6 +20,7 @@ Conventions for a measurement module ``probe_daemon/measurements/<name>.py``:
 """
 
 import ipaddress
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -94,3 +95,69 @@ def ip_param(parameters: Mapping[str, str], name: str, version: int) -> str:
     if address.version != version:
         raise MeasurementError(f"{name}: {value!r} is not an IPv{version} address")
     return str(address)
+
+
+class Options:
+    """A measurement's section of probe.conf, read against its ``OPTIONS`` table.
+
+    A key the section lacks takes the table's default. A value that does not parse, or lies
+    outside its bounds (inclusive ``minimum``/``maximum``, exclusive ``above``), raises
+    ``ValueError``: ``option <key>: '<value>' is not <what it must be>``.
+    """
+
+    def __init__(self, given: Mapping[str, str] | None,
+                 table: Mapping[str, tuple[str, str]]) -> None:
+        self.given = dict(given or {})
+        self.table = table
+
+    def unknown(self) -> list[str]:
+        """Keys of the section that the table does not document, sorted."""
+        return sorted(set(self.given) - set(self.table))
+
+    def text(self, key: str) -> str:
+        return self.given.get(key, self.table[key][0]).strip()
+
+    def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+        text = self.text(key)
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not _within(value, minimum, maximum):
+            raise self.error(key, text, "a whole number" + _bounds(minimum, maximum))
+        return value
+
+    def number(self, key: str, minimum: float | None = None, maximum: float | None = None,
+               above: float | None = None) -> float:
+        text = self.text(key)
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (not math.isfinite(value) or not _within(value, minimum, maximum)
+                or (above is not None and value <= above)):
+            more = f" greater than {_show(above)}" if above is not None else ""
+            raise self.error(key, text, "a number" + more + _bounds(minimum, maximum))
+        return value
+
+    def error(self, key: str, text: str, expected: str) -> ValueError:
+        """The error for ``text`` as the value of ``key``; ``expected`` says what would do."""
+        return ValueError(f"option {key}: {text!r} is not {expected}")
+
+
+def _within(value: float, minimum: float | None, maximum: float | None) -> bool:
+    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {_show(minimum)} to {_show(maximum)}"
+    if minimum is not None:
+        return f" of at least {_show(minimum)}"
+    if maximum is not None:
+        return f" of at most {_show(maximum)}"
+    return ""
+
+
+def _show(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)

@@ -16,7 +16,8 @@ Capabilities (registry ``REGISTRY_PROBEFORGE``, when ``now``):
 ``dns.server`` is an IP address, optionally followed by ``#port`` (``192.0.2.53``,
 ``192.0.2.53#5353``, ``2001:db8::53#5353``): the syntax of dnsmasq and unbound, which needs no
 brackets because ``#`` never occurs in an address. Host names are refused: resolving the
-resolver would measure another server. ``*`` or empty means the default server: option
+resolver would measure another server. ``default`` (what the mPlane RI client can send), ``*``
+or empty means the default server: option
 ``server`` when set, else the first usable ``nameserver`` of ``resolv_conf`` (where ``#port``
 is accepted too, although glibc would skip such a line). On OpenWrt that file names the local
 dnsmasq; point ``resolv_conf`` at ``/tmp/resolv.conf.d/resolv.conf.auto`` to measure the
@@ -60,6 +61,7 @@ from probe_daemon.measurements.base import (
     CapabilityTemplate,
     Job,
     MeasurementError,
+    Options,
     ip_param,
 )
 
@@ -75,7 +77,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
 ELEMENTS: dict[str, tuple[str, str]] = {
     "dns.name": ("string", "domain name to look up"),
     "dns.type": ("string", "DNS record type asked for (A, AAAA, MX ...)"),
-    "dns.server": ("string", "DNS server asked, address or address#port; * for the "
+    "dns.server": ("string", "DNS server asked, address or address#port; default (or *) for the "
                              "probe's default resolver"),
     "dns.record-name": ("string", "owner name of a DNS record"),
     "dns.record-type": ("string", "type of a DNS record"),
@@ -480,29 +482,19 @@ def _tcp_exchange(server: Server, packet: bytes, qid: int, qname: Labels, qtype:
 # --- the measurement ---------------------------------------------------------------------
 
 
-def _int_option(options: Mapping[str, str], key: str, minimum: int, maximum: int) -> int:
-    text = options.get(key, OPTIONS[key][0]).strip()
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"option {key}: {text!r} is not a whole number") from None
-    if not minimum <= value <= maximum:
-        raise ValueError(f"option {key}: {value} is not between {minimum} and {maximum}")
-    return value
-
-
 class DnsMeasurement:
     name = "dns"
 
     def __init__(self, options: Mapping[str, str]) -> None:
         self._problem: str | None = None
         self.timeout_s, self.retries, self.edns_udp_size = 2.0, 2, 1232
-        self.server = options.get("server", "").strip()
-        self.resolv_conf = options.get("resolv_conf", "").strip() or OPTIONS["resolv_conf"][0]
+        read = Options(options, OPTIONS)
+        self.server = read.text("server")
+        self.resolv_conf = read.text("resolv_conf") or OPTIONS["resolv_conf"][0]
         try:
-            self.timeout_s = _int_option(options, "timeout_ms", 1, 600_000) / 1000
-            self.retries = _int_option(options, "retries", 0, 100)
-            size = _int_option(options, "edns_udp_size", 0, 65535)
+            self.timeout_s = read.integer("timeout_ms", minimum=1, maximum=600_000) / 1000
+            self.retries = read.integer("retries", minimum=0, maximum=100)
+            size = read.integer("edns_udp_size", minimum=0, maximum=65535)
             self.edns_udp_size = size if size == 0 else max(512, size)
             if self.server:
                 parse_server(self.server)
@@ -563,7 +555,8 @@ class DnsMeasurement:
             raise MeasurementError(f"dns.type: {type_text!r} is not one of "
                                    f"{', '.join(LOOKUP_TYPES)}")
         server_text = parameters.get("dns.server", "").strip()
-        server = self.default_server() if server_text in ("", "*") \
+        # "*" is mPlane's "no value", which the RI client cannot send: it says "default".
+        server = self.default_server() if server_text.lower() in ("", "*", "default") \
             else parse_server(server_text)
         return name, TYPE_CODES[type_text], server
 

@@ -60,6 +60,7 @@ from probe_daemon.measurements.base import (
     CapabilityTemplate,
     Job,
     MeasurementError,
+    Options,
 )
 
 try:
@@ -91,17 +92,6 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 NO_VALUE = "*"
 READ_SIZE = 65536
 USER_AGENT = "probeforge-probe"
-
-
-def _int_option(options: Mapping[str, str], key: str, minimum: int) -> int:
-    text = options.get(key, OPTIONS[key][0]).strip()
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"option {key}: {text!r} is not a whole number") from None
-    if value < minimum:
-        raise ValueError(f"option {key}: {value} is below {minimum}")
-    return value
 
 
 class DownloadFailed(Exception):
@@ -161,11 +151,12 @@ class HttpDownloadMeasurement:
     def __init__(self, options: Mapping[str, str]) -> None:
         self._problem: str | None = None
         self.max_redirects, self.timeout_s, self.max_bytes = 5, 30.0, 100 * 1024 * 1024
-        self.ca_file = options.get("ca_file", "").strip()
+        read = Options(options, OPTIONS)
+        self.ca_file = read.text("ca_file")
         try:
-            self.max_redirects = _int_option(options, "max_redirects", 0)
-            self.timeout_s = float(_int_option(options, "timeout_s", 1))
-            self.max_bytes = _int_option(options, "max_bytes", 1)
+            self.max_redirects = read.integer("max_redirects", minimum=0)
+            self.timeout_s = float(read.integer("timeout_s", minimum=1))
+            self.max_bytes = read.integer("max_bytes", minimum=1)
         except ValueError as exc:
             self._problem = str(exc)
         self._context: Any = None

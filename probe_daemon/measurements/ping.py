@@ -28,7 +28,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from probe_daemon.measurements.base import CapabilityTemplate, Job, MeasurementError, ip_param
+from probe_daemon.measurements.base import (
+    CapabilityTemplate,
+    Job,
+    MeasurementError,
+    Options,
+    ip_param,
+)
 
 OPTIONS: dict[str, tuple[str, str]] = {
     "source_ip4": ("*", "source.ip4 addresses clients may choose (constraint: *, a list a,b or "
@@ -382,20 +388,6 @@ def quotes_echo(family: IcmpFamily, message: IcmpMessage, destination: bytes, id
     return (icmp_type, quoted_ident, quoted_seq) == (family.echo_request, ident, seq)
 
 
-def positive_int(options: Mapping[str, str], key: str, defaults: Mapping[str, tuple[str, str]],
-                 maximum: int | None = None) -> int:
-    """An integer option; ValueError naming the key when it is not in 1 .. maximum."""
-    text = options.get(key, defaults[key][0])
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0 or (maximum is not None and value > maximum):
-        limit = f" up to {maximum}" if maximum is not None else ""
-        raise ValueError(f"option {key}: {text!r} is not a positive integer{limit}")
-    return value
-
-
 def source_param(parameters: Mapping[str, str], version: int) -> str | None:
     """The source address a specification asks for, or None to let routing choose."""
     name = f"source.ip{version}"
@@ -404,11 +396,11 @@ def source_param(parameters: Mapping[str, str], version: int) -> str | None:
     return ip_param(parameters, name, version)
 
 
-def target_family(label: str, prefix: str) -> tuple[str, IcmpFamily]:
-    """Split ``<prefix>-<mode>-ip4`` into mode and family."""
+def target_family(label: str, prefix: str, modes: tuple[str, ...]) -> tuple[str, IcmpFamily]:
+    """Split ``<prefix>-<mode>-ip4`` into mode and family; MeasurementError unless offered."""
     mode, _, suffix = label.removeprefix(prefix + "-").rpartition("-")
     family = {"ip4": IP4, "ip6": IP6}.get(suffix)
-    if not label.startswith(prefix + "-") or family is None:
+    if not label.startswith(prefix + "-") or family is None or mode not in modes:
         raise MeasurementError(f"{prefix}: no capability {label!r}")
     return mode, family
 
@@ -425,10 +417,9 @@ class PingMeasurement:
     name = "ping"
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
-        options = options or {}
-        self.sources = {4: options.get("source_ip4", OPTIONS["source_ip4"][0]),
-                        6: options.get("source_ip6", OPTIONS["source_ip6"][0])}
-        self.timeout_s = positive_int(options, "timeout_ms", OPTIONS) / 1000
+        read = Options(options, OPTIONS)
+        self.sources = {4: read.text("source_ip4"), 6: read.text("source_ip6")}
+        self.timeout_s = read.integer("timeout_ms", minimum=1) / 1000
 
     def capabilities(self) -> list[CapabilityTemplate]:
         families = [IP4, IP6] if ipv6_available() else [IP4]
@@ -452,9 +443,7 @@ class PingMeasurement:
         return None
 
     def run(self, job: Job) -> Iterator[Mapping[str, Any]]:
-        mode, family = target_family(job.label, "ping")
-        if mode not in ("average", "detail"):
-            raise MeasurementError(f"ping: no capability {job.label!r}")
+        mode, family = target_family(job.label, "ping", ("average", "detail"))
         destination = ip_param(job.parameters, f"destination.{family.suffix}", family.version)
         source = source_param(job.parameters, family.version)
         with IcmpSocket(family, source) as sock:

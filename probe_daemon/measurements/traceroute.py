@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from probe_daemon.measurements.base import CapabilityTemplate, Job, MeasurementError, ip_param
+from probe_daemon.measurements.base import (
+    CapabilityTemplate,
+    Job,
+    MeasurementError,
+    Options,
+    ip_param,
+)
 from probe_daemon.measurements.ping import (
     COOKIE_SIZE,
     IP4,
@@ -36,7 +42,6 @@ from probe_daemon.measurements.ping import (
     ipv6_available,
     is_echo_reply,
     packed,
-    positive_int,
     quoted_datagram,
     quotes_echo,
     sockaddr,
@@ -57,6 +62,7 @@ ELEMENTS: dict[str, tuple[str, str]] = {}
 
 # One run per specification; "now + 30s" is accepted too and runs once.
 TRACEROUTE_WHEN = "now"
+MODES = ("udp", "icmp")  # what probes are sent: the <mode> of traceroute-<mode>-ip4
 # Classic traceroute's destination ports: unlikely to have a listener.
 BASE_PORT = 33434
 UDP_PAYLOAD = bytes(32)
@@ -249,12 +255,11 @@ class TracerouteMeasurement:
     name = "traceroute"
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
-        options = options or {}
-        self.sources = {4: options.get("source_ip4", OPTIONS["source_ip4"][0]),
-                        6: options.get("source_ip6", OPTIONS["source_ip6"][0])}
-        self.probes = positive_int(options, "probes_per_hop", OPTIONS, MAX_PROBES_PER_HOP)
-        self.max_hops = positive_int(options, "max_hops", OPTIONS, MAX_TTL)
-        self.timeout_s = positive_int(options, "timeout_ms", OPTIONS) / 1000
+        read = Options(options, OPTIONS)
+        self.sources = {4: read.text("source_ip4"), 6: read.text("source_ip6")}
+        self.probes = read.integer("probes_per_hop", minimum=1, maximum=MAX_PROBES_PER_HOP)
+        self.max_hops = read.integer("max_hops", minimum=1, maximum=MAX_TTL)
+        self.timeout_s = read.integer("timeout_ms", minimum=1) / 1000
 
     def capabilities(self) -> list[CapabilityTemplate]:
         families = [IP4, IP6] if ipv6_available() else [IP4]
@@ -263,7 +268,7 @@ class TracerouteMeasurement:
                     {f"destination.{family.suffix}": "*",
                      f"source.{family.suffix}": self.sources[family.version]},
                     results(family), TRACEROUTE_WHEN)
-                for family in families for mode in ("udp", "icmp")]
+                for family in families for mode in MODES]
 
     def unavailable(self) -> str | None:
         try:
@@ -273,9 +278,7 @@ class TracerouteMeasurement:
         return None
 
     def run(self, job: Job) -> Iterator[Mapping[str, Any]]:
-        mode, family = target_family(job.label, "traceroute")
-        if mode not in ("udp", "icmp"):
-            raise MeasurementError(f"traceroute: no capability {job.label!r}")
+        mode, family = target_family(job.label, "traceroute", MODES)
         destination = ip_param(job.parameters, f"destination.{family.suffix}", family.version)
         source = source_param(job.parameters, family.version)
         if not started(job):

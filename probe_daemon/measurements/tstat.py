@@ -69,6 +69,7 @@ from probe_daemon.measurements.base import (
     CapabilityTemplate,
     Job,
     MeasurementError,
+    Options,
 )
 from probe_daemon.when import MAX_FUTURE
 
@@ -81,6 +82,11 @@ OPTIONS: dict[str, tuple[str, str]] = {
                      "was started with (-T); edited in place"),
     "log_dir": ("/var/log/tstat", "Tstat's output directory (-s), reported in results"),
     "rrd_dir": ("/var/lib/tstat/rrd", "Tstat's RRD directory (-r), reported by tstat-log_rrds"),
+    # The 2015 proxy's capabilities had no parameter, which the mPlane RI client (0.9.0)
+    # refuses to specify ("Specifications must have parameter values"): the capture interface
+    # is the one parameter, and it is also what tells a client which traffic Tstat sees.
+    "interface": ("*", "the interface Tstat captures on, offered as observer.interface (\"*\": "
+                       "any value is accepted)"),
     "state_file": ("/var/lib/probe-daemon/tstat-state.json", "where the original values of "
                    "switched settings are kept, so a restart can put them back"),
 }
@@ -261,16 +267,15 @@ class TstatMeasurement:
     name = "tstat"
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            log.warning("tstat: ignoring unknown options %s", ", ".join(unknown))
-        value = {key: options.get(key, default) for key, (default, _) in OPTIONS.items()}
-        self.binary = value["binary"]
-        self.runtime_conf = Path(value["runtime_conf"])
-        self.log_dir = Path(value["log_dir"])
-        self.rrd_dir = Path(value["rrd_dir"])
-        self.state_file = Path(value["state_file"])
+        read = Options(options, OPTIONS)
+        if read.unknown():
+            log.warning("tstat: ignoring unknown options %s", ", ".join(read.unknown()))
+        self.binary = read.text("binary")
+        self.runtime_conf = Path(read.text("runtime_conf"))
+        self.log_dir = Path(read.text("log_dir"))
+        self.rrd_dir = Path(read.text("rrd_dir"))
+        self.state_file = Path(read.text("state_file"))
+        self.interface = read.text("interface")
         self._lock = threading.Lock()
         # Per setting: how many running windows want it on, and its value before the first.
         self._refs: dict[str, int] = {}
@@ -281,7 +286,8 @@ class TstatMeasurement:
 
     def capabilities(self) -> list[CapabilityTemplate]:
         return [CapabilityTemplate(
-            label=label, parameters={}, when=WHEN, registry=REGISTRY_PROBEFORGE,
+            label=label, parameters={"observer.interface": self.interface}, when=WHEN,
+            registry=REGISTRY_PROBEFORGE,
             results=LOG_RESULTS if cls.keys else EXPORTER_RESULTS, metadata=METADATA)
             for label, cls in CLASSES.items()]
 
@@ -357,10 +363,7 @@ class TstatMeasurement:
                 self._sync_locked()
             except BaseException:
                 # Undo as a release would: whatever did get written is put back and forgotten.
-                for key in keys:
-                    self._refs[key] -= 1
-                    if not self._refs[key]:
-                        del self._refs[key]
+                self._unref_locked(keys)
                 try:
                     self._sync_locked()
                 except MeasurementError as exc:
@@ -371,16 +374,20 @@ class TstatMeasurement:
         if not keys:
             return
         with self._lock:
-            for key in keys:
-                self._refs[key] -= 1
-                if not self._refs[key]:
-                    del self._refs[key]
+            self._unref_locked(keys)
             try:
                 self._sync_locked()
             except MeasurementError as exc:
                 # The state file still holds the originals: the next job or restart retries.
                 raise MeasurementError(f"could not switch Tstat back: {exc}; the probe daemon "
                                        "retries at the next Tstat job and at restart") from None
+
+    def _unref_locked(self, keys: tuple[str, ...]) -> None:
+        """One window fewer wants each of ``keys`` on; a count reaching 0 is dropped."""
+        for key in keys:
+            self._refs[key] -= 1
+            if not self._refs[key]:
+                del self._refs[key]
 
     def _sync_locked(self) -> None:
         """Make runtime.conf say on for held settings and the original for released ones."""

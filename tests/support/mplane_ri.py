@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from pki.authz import render_authz
@@ -419,10 +419,17 @@ def _ri_env() -> dict[str, str]:
 
 
 class _RIProcess:
-    """One RI program in its own process group, logging to a file."""
+    """One RI program in its own process group, logging to a file.
 
+    As a context manager it writes ``config_text`` to ``config_path``, starts ``script``
+    and waits until ``_wait_ready`` says the program is ready; leaving (or failing to
+    become ready) stops it.
+    """
+
+    script: str
     log_path: Path
     config_path: Path
+    config_text: str
 
     def __init__(self, venv: Path, work_dir: Path, stop_timeout: float) -> None:
         self.venv = venv
@@ -482,6 +489,28 @@ class _RIProcess:
             break
         process.wait()
 
+    def _wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text)
+        self._start(self.script)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
 
 def _tcp_open(host: str, port: int) -> bool:
     try:
@@ -503,6 +532,8 @@ class RISupervisor(_RIProcess):
     The RI binds all interfaces whatever ``host`` says; ``host`` is what goes
     into links and what readiness is checked against.
     """
+
+    script = "mpsup"
 
     def __init__(
         self,
@@ -581,18 +612,8 @@ class RISupervisor(_RIProcess):
         parser["component"] = component
         return _config_text(parser)
 
-    def __enter__(self) -> RISupervisor:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text)
-        self._start("mpsup")
-        try:
-            self._wait_listening()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_listening(self) -> None:
+    def _wait_ready(self) -> None:
+        """Until both ports listen."""
         deadline = time.monotonic() + self.start_timeout
         pending = {self.component_port, self.client_port}
         while pending:
@@ -607,14 +628,6 @@ class RISupervisor(_RIProcess):
                 )
             time.sleep(0.1)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class RIComponent(_RIProcess):
     """``mpcom`` with the RI ping module, registering to a supervisor.
@@ -627,6 +640,8 @@ class RIComponent(_RIProcess):
     "registered" log line and then, if ``wait_client_url`` is given, until a
     client (``wait_client_tls``) sees ``wait_labels`` there.
     """
+
+    script = "mpcom"
 
     def __init__(
         self,
@@ -681,18 +696,8 @@ class RIComponent(_RIProcess):
         parser["module_ping"] = module
         self.config_text = _config_text(parser)
 
-    def __enter__(self) -> RIComponent:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text)
-        self._start("mpcom")
-        try:
-            self._wait_registered()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_registered(self) -> None:
+    def _wait_ready(self) -> None:
+        """Until registered, and the capabilities are listed if ``wait_client_url`` is given."""
         deadline = time.monotonic() + self.start_timeout
         # Printed by the RI once the registration POST was answered 200.
         while "Checking for Specifications" not in self.log_tail(400):
@@ -719,14 +724,6 @@ class RIComponent(_RIProcess):
                     f"mpcom log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- the RI client -----------------------------------------------------------

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from probe_daemon.settings import SETTINGS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,23 +30,37 @@ class ProbeDaemon:
     def __init__(self, work_dir: Path, supervisor_url: str, *, ca_file: Path | None = None,
                  cert_file: Path | None = None, key_file: Path | None = None,
                  sections: dict[str, dict[str, str]] | None = None,
-                 poll_interval: float = 1.0, name: str = "probe") -> None:
+                 poll_interval: float = 1.0, name: str = "probe",
+                 settings: dict[str, str] | None = None) -> None:
         self.work_dir = work_dir
         self.config_path = work_dir / f"{name}.conf"
         self.log_path = work_dir / f"{name}.log"
         self.spool_dir = work_dir / f"{name}-state" / "spool"
+        self.supervisor_url = supervisor_url
+        self.tls_files = (ca_file, cert_file, key_file)
+        self.poll_interval = poll_interval
+        self.write_config(sections, settings)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, sections: dict[str, dict[str, str]] | None = None,
+                     settings: dict[str, str] | None = None) -> None:
+        """(Re)write probe.conf: measurement sections, and [mplane]/[daemon] settings by name."""
+        ca_file, cert_file, key_file = self.tls_files
         tls = ca_file is not None
-        lines = ["[mplane]", f"supervisor_url = {supervisor_url}",
-                 f"tls = {'yes' if tls else 'no'}", f"poll_interval = {poll_interval}",
-                 "backoff_max = 2", "timeout = 10"]
+        mplane = {"supervisor_url": self.supervisor_url, "tls": "yes" if tls else "no",
+                  "poll_interval": str(self.poll_interval), "backoff_max": "2", "timeout": "10"}
         if tls:
-            lines += [f"ca_file = {ca_file}", f"cert_file = {cert_file}", f"key_file = {key_file}"]
-        lines += ["[daemon]", f"spool_dir = {self.spool_dir}", "log_level = debug"]
+            mplane.update(ca_file=str(ca_file), cert_file=str(cert_file), key_file=str(key_file))
+        daemon = {"spool_dir": str(self.spool_dir), "log_level": "debug"}
+        section_of = {s.name: s.section for s in SETTINGS}
+        for key, value in (settings or {}).items():
+            (mplane if section_of[key] == "mplane" else daemon)[key] = value
+        lines = ["[mplane]", *(f"{k} = {v}" for k, v in mplane.items()),
+                 "[daemon]", *(f"{k} = {v}" for k, v in daemon.items())]
         for section, options in (sections or {}).items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {value}" for key, value in options.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ProbeDaemon:
         self.start()
