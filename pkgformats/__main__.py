@@ -3,6 +3,7 @@
 
 import argparse
 import ast
+import json
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, type=Path, help="directory to write into")
     build.add_argument("--source", type=Path, default=REPO,
                        help=f"probeforge checkout to package (default {REPO})")
+    build.add_argument("--json", action="store_true",
+                       help='print {"path": ..., "changed": ...} (changed: false when an '
+                            "identical package was already there)")
     build.add_argument("--maintainer", default=DEFAULT_MAINTAINER,
                        help=f"Maintainer field (default {DEFAULT_MAINTAINER!r})")
     return parser
@@ -61,12 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         version = args.version or daemon_version(source)
         epoch = source_date_epoch(source)
         package = build_tree(target, source, version, epoch, args.maintainer)
+        before = _stamps(args.out)
         path = build(package, args.out, epoch, args.maintainer)
     except BuildError as exc:
         print(f"pkgformats: error: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    if args.json:
+        changed = before.get(path.name) != _stamps(args.out).get(path.name)
+        print(json.dumps({"path": str(path), "changed": changed}))
+    else:
+        print(path)
     return 0
+
+
+def _stamps(directory: Path) -> dict[str, tuple[int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ def write_atomically(path: Path, data: bytes) -> Path:
     """Write to a temporary name and rename, so a half-written package is never left behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.read_bytes() == data:
+            # Builds are reproducible: leaving an identical package alone keeps its mtime, so
+            # deployment tools see no change.
+            return path
         temporary = path.with_name(f".{path.name}.tmp")
         temporary.write_bytes(data)
         temporary.replace(path)
