@@ -17,7 +17,6 @@ Usage::
 
 import argparse
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -42,13 +41,14 @@ from pki.ca import host_subject
 from pki.deployment import HostRequest
 from pki.state import BUNDLE_FILES
 
+try:
+    from bench import report
+except ModuleNotFoundError:  # run as a script: bench/ itself is on sys.path, not the repo
+    import report  # type: ignore[no-redef]
+
 START = "<!-- bench:pki_issue:start -->"
 END = "<!-- bench:pki_issue:end -->"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Each section below is written by the script in `bench/` that it names (`make bench` runs "
-    "them all); edit the script and re-run it rather than editing a section by hand.\n"
-)
+HEADER = report.HEADER
 
 # DESIGN.md, "Performance budgets": PKI, issue certificates for 1,000 hosts in at most 10 s.
 BUDGET_SECONDS = 10.0
@@ -284,42 +284,7 @@ def compare_certs(ours: bytes, theirs: bytes) -> list[str]:
 
 # -- the machine ---------------------------------------------------------------------------
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _field(text: str, key: str, separator: str = ":") -> str:
-    for line in text.splitlines():
-        name, sep, value = line.partition(separator)
-        if sep and name.strip() == key:
-            return value.strip().strip('"')
-    return ""
-
-
-def _filesystem(path: str) -> str:
-    real, best, kind = os.path.realpath(path), "", "unknown"
-    for line in _read("/proc/mounts").splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
-                and len(parts[1]) >= len(best):
-            best, kind = parts[1], parts[2]
-    return kind
-
-
 def machine(tmpdir: str | None) -> list[tuple[str, str]]:
-    cpuinfo = _read("/proc/cpuinfo")
-    cpu = _field(cpuinfo, "model name") or platform.processor() or "unknown"
-    if "hypervisor" in _field(cpuinfo, "flags").split():
-        cpu += " (virtual machine)"
-    logical = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
-    cores = f"{logical}" + (f" ({usable} usable by this process)" if usable != logical else "")
-    mem_kb = _field(_read("/proc/meminfo"), "MemTotal").split()
-    ram = f"{int(mem_kb[0]) / 2**20:.1f} GiB" if mem_kb else "unknown"
-    distro = _field(_read("/etc/os-release"), "PRETTY_NAME", "=")
     try:
         cli = subprocess.run(["openssl", "version"], capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -327,17 +292,12 @@ def machine(tmpdir: str | None) -> list[tuple[str, str]]:
         cli = "not found"
     temp = tmpdir or tempfile.gettempdir()
     return [
-        ("CPU", f"{cpu}, {platform.machine()}"),
-        ("cores", f"{cores} logical"),
-        ("RAM", ram),
-        ("kernel", f"{platform.system()} {platform.release()}"
-                   + (f" ({distro})" if distro else "")),
-        ("Python", platform.python_version()),
+        *report.machine(),
         ("OpenSSL command line", f"{cli}; runs the openssl baseline and probeforge's RI form"),
         ("cryptography", f"{cryptography.__version__}, with its own "
                          f"{openssl_backend.openssl_version_text()}; makes probeforge's keys "
                          "and signatures"),
-        ("temp dirs", f"{temp} ({_filesystem(temp)})"),
+        ("temp dirs", f"{temp} ({report.filesystem(temp)})"),
     ]
 
 
@@ -459,19 +419,7 @@ after earlier runs' thousands of files are deleted, which widens the spread.
 
 def write_section(path: Path, text: str) -> None:
     """Replace this benchmark's section of ``path``, leaving every other section alone."""
-    old = path.read_text() if path.exists() else HEADER
-    start, end = old.find(START), old.find(END)
-    if (start < 0) != (end < 0) or end < start:
-        raise SystemExit(f"{path}: the {START} / {END} markers are unbalanced; fix them by hand")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        tail = old[end + len(END):].lstrip("\n")
-        new = old[:start] + text + ("\n" + tail if tail else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    report.write_section(path, text, START, END)
 
 
 # -- driver --------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from probe_daemon import __version__, logs
@@ -15,6 +14,8 @@ from probe_daemon.registry import declared_elements, registry_json
 from probe_daemon.settings import DEFAULT_CONFIG, SETTINGS, ConfigError, add_arguments, load
 
 log = logging.getLogger("probe_daemon")
+
+HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log_target, config.log_level)
     if args.check:
         return report(config)
-    # Handlers first: a SIGHUP or SIGTERM during start-up must not kill the daemon half-made.
-    stop = threading.Event()
-    reload = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    # Signals are taken synchronously with sigwait: no handler can run while a lock is held,
+    # nothing polls, and a signal that comes during start-up waits until we are ready. The
+    # mask is set before any thread starts, so every thread inherits it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         component = Component(config)
     except (ConfigError, OSError, ValueError) as exc:
@@ -58,16 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     component.start()
     log.info("probe-daemon %s started: %d capabilities for %s", __version__,
              len(component.catalog.offers), config.supervisor_url)
-    while not stop.is_set():
-        stop.wait(0.5)
-        if reload.is_set():
-            reload.clear()
-            try:
-                component.reload(load(args.config, overrides))
-            except (ValueError, OSError, ImportError) as exc:
-                # ConfigError, a measurement's option error, unreadable TLS files ...: none
-                # may take the running daemon down.
-                log.error("reload refused, keeping the running configuration: %s", exc)
+    while signal.sigwait(HANDLED_SIGNALS) == signal.SIGHUP:
+        try:
+            component.reload(load(args.config, overrides))
+        except (ValueError, OSError, ImportError) as exc:
+            # ConfigError, a measurement's option error, unreadable TLS files ...: none
+            # may take the running daemon down.
+            log.error("reload refused, keeping the running configuration: %s", exc)
     log.info("stopping: interrupting measurements and flushing results")
     component.stop()
     log.info("stopped")

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from probe_daemon.backoff import Backoff
@@ -35,6 +36,8 @@ from probe_daemon.when import When, WhenError
 log = logging.getLogger(__name__)
 
 MAX_SERVER_ERRORS = 5
+# Longest sleep of the sender between checks; it is woken early by new messages and by stop.
+IDLE_WAIT = 30.0
 
 
 def _connect(config: Config) -> Supervisor:
@@ -56,9 +59,10 @@ class Component:
         self.catalog = Catalog(load_measurements(config))
         self.supervisor = _connect(config)
         self.poll_interval = config.poll_interval
-        self._registered: list[Statement] = []
         self._need_registration = threading.Event()
         self._need_registration.set()
+        # The complement, for the sender to sleep on (a router should not wake for nothing).
+        self._known = threading.Event()
         self._last_registration = 0.0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -80,17 +84,18 @@ class Component:
         if not self._need_registration.is_set():
             log.warning("supervisor unreachable (%s); measuring on, results kept in the spool",
                         why)
+        self._known.clear()
         self._need_registration.set()
 
     def _send_loop(self) -> None:
         backoff = Backoff(1.0, self.config.backoff_max)
         server_errors: dict[int, int] = {}
         while not self.stopping.is_set():
-            if self._need_registration.is_set():
+            if not self._known.is_set():
                 # Deliver only once the (possibly restarted) supervisor knows us again.
-                self.stopping.wait(0.5)
+                self._known.wait(IDLE_WAIT)
                 continue
-            item = self.spool.peek(timeout=1.0)
+            item = self.spool.peek(timeout=IDLE_WAIT)
             if item is None:
                 continue
             seq, body = item
@@ -141,9 +146,9 @@ class Component:
             log.warning("supervisor refused capabilities: %s", ", ".join(refused))
         log.info("registered %d capabilities with %s", len(capabilities),
                  self.config.supervisor_url)
-        self._registered = capabilities
         self._last_registration = time.monotonic()
         self._need_registration.clear()
+        self._known.set()
         self.spool.wake()
 
     def _poll_loop(self) -> None:
@@ -155,6 +160,7 @@ class Component:
                     self._register()
                 reply = self.supervisor.request("GET", self.config.specification_path)
                 if reply.status == 428:
+                    self._known.clear()
                     self._need_registration.set()
                     continue
                 if reply.status != 200:
@@ -253,13 +259,25 @@ class Component:
             self.poll_interval = config.poll_interval
         for statement in removed:
             self.emit(statement.derive("withdrawal"))
+        self._known.clear()
         self._need_registration.set()
         log.info("configuration reloaded: %d capabilities offered, %d withdrawn",
                  len(catalog.offers), len(removed))
 
+    def _forever(self, loop: Callable[[], None]) -> None:
+        """Run a loop until stopped; a bug in it is logged and the loop restarted, because a
+        daemon whose poller died would stay up but deaf."""
+        while not self.stopping.is_set():
+            try:
+                loop()
+            except Exception:
+                log.exception("%s failed; restarting it", threading.current_thread().name)
+                self.stopping.wait(5.0)
+
     def start(self) -> None:
-        for name, target in (("poller", self._poll_loop), ("sender", self._send_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        for name, loop in (("poller", self._poll_loop), ("sender", self._send_loop)):
+            thread = threading.Thread(target=self._forever, args=(loop,), name=name,
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -276,5 +294,6 @@ class Component:
             time.sleep(0.1)
         self.stopping.set()
         self.spool.wake()
+        self._known.set()  # wakes the sender, which then sees it must stop
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -67,54 +67,40 @@ RI_PING_LABELS: tuple[str, ...] = ("ping-average-ip4", "ping-detail-ip4")
 # Only appears in the comment heading authorization tables rendered here.
 HARNESS_AUTHZ_NAME = "mplane-ri-test-harness"
 
-# Loaded through a .pth file at interpreter start-up in the RI venv. A .pth
-# file rather than sitecustomize.py because a distribution's own
-# sitecustomize (Debian ships one) sits earlier on sys.path and would win.
-_SHIM_SOURCE = '''\
-"""probeforge test shim: run unmodified mplane-sdk 0.9.0 on Python 3.11 / Linux."""
-import html.parser
-import sys
+# The compatibility shim for mplane-sdk on current Python (HTMLParser(strict=), ssl.wrap_socket,
+# several registry_preload files) is the one the supervisor role installs on appliances: one
+# copy, in the role. It is loaded through a .pth file at interpreter start-up, as there.
+SHIM_MODULE = "probeforge_mplane_shim"
+SHIM_FILE = Path(__file__).resolve().parents[2] / "roles/supervisor/files" / f"{SHIM_MODULE}.py"
 
-_html_parser_init = html.parser.HTMLParser.__init__
-
-
-def _html_parser_init_without_strict(self, *args, strict=None, **kwargs):
-    # mplane.client builds CrawlParser(strict=False) to read the supervisor's
-    # capability index; HTMLParser lost "strict" in Python 3.5.
-    _html_parser_init(self, *args, **kwargs)
+# Only the harness runs the RI ping component (mpcom), so only the harness needs this fix;
+# appliances run no RI component. It uses the role shim's after_import hook.
+_RI_PING_SHIM_MODULE = "probeforge_ri_ping_shim"
+_RI_PING_SHIM_SOURCE = '''\
+"""probeforge test harness: the RI ping component with Linux ping."""
+import probeforge_mplane_shim
 
 
-html.parser.HTMLParser.__init__ = _html_parser_init_without_strict
+def _linux_ping_source_option(module):
+    # mplane.components.ping passes the BSD "-S <source address>"; Linux iputils reads -S
+    # as a socket buffer size and exits, so every measurement would fail. Its "-I" takes a
+    # source address. The module reads the option at call time.
+    module._pingopt_source = "-I"
 
 
-class _PingSourceOption:
-    # mplane.components.ping passes the BSD "-S <source address>"; Linux
-    # iputils reads -S as a socket buffer size and exits, so every
-    # measurement would fail. Its "-I" takes a source address. The module
-    # reads the option at call time, so patching it after import suffices.
-    def find_spec(self, name, path=None, target=None):
-        if name != "mplane.components.ping":
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        exec_module = spec.loader.exec_module
-
-        def exec_module_with_linux_ping(module):
-            exec_module(module)
-            module._pingopt_source = "-I"
-
-        spec.loader.exec_module = exec_module_with_linux_ping
-        return spec
-
-
-sys.meta_path.insert(0, _PingSourceOption())
+probeforge_mplane_shim.after_import("mplane.components.ping", _linux_ping_source_option)
 '''
+
+
+def _shim_files() -> dict[str, str]:
+    """Files written into the RI venv's site-packages, by name."""
+    return {
+        f"{SHIM_MODULE}.py": SHIM_FILE.read_text(),
+        f"{SHIM_MODULE}.pth": f"import {SHIM_MODULE}\n",
+        f"{_RI_PING_SHIM_MODULE}.py": _RI_PING_SHIM_SOURCE,
+        f"{_RI_PING_SHIM_MODULE}.pth": f"import {_RI_PING_SHIM_MODULE}\n",
+    }
+
 
 # Runs inside the RI venv (python -c), request as JSON on stdin, answer as JSON
 # on stdout. It uses the RI's own HttpInitiatorClient so that what is tested
@@ -239,7 +225,7 @@ def _venv_fingerprint(python: str) -> str:
         text=True,
     ).stdout.strip()
     material = json.dumps(
-        {"python": version, "requirements": RI_REQUIREMENTS, "shim": _SHIM_SOURCE},
+        {"python": version, "requirements": RI_REQUIREMENTS, "shim": _shim_files()},
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -321,8 +307,8 @@ def _build_venv(python: str, target: Path) -> None:
             text=True,
         ).stdout.strip()
     )
-    (site_packages / "probeforge_ri_shim.py").write_text(_SHIM_SOURCE)
-    (site_packages / "probeforge_ri_shim.pth").write_text("import probeforge_ri_shim\n")
+    for name, text in _shim_files().items():
+        (site_packages / name).write_text(text)
     (target / ".probeforge-complete").write_text(
         json.dumps({"requirements": RI_REQUIREMENTS}, indent=2) + "\n"
     )
