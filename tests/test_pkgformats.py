@@ -7,9 +7,7 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import os
-import platform
 import re
 import shutil
 import stat
@@ -26,6 +24,7 @@ from pkgformats.archive import source_date_epoch
 from pkgformats.errors import BuildError
 from pkgformats.tree import LIB_DIR, OPENWRT_CONFIG, build_tree
 from tests.conftest import REPO
+from tests.support.debian_root import debian_root_tarball as support_debian_root_tarball
 
 EPOCH = 1_700_000_000
 VERSION = "0.1.0"
@@ -594,36 +593,13 @@ def test_busybox_init_starts_reloads_and_stops(tmp_path, variant):
 
 # --- slow: the .deb installed into a real Debian 12 root ----------------------------------
 
-ROOT_SPEC = {
-    "suite": "bookworm",
-    "variant": "minbase",
-    "include": ["python3-minimal", "python3"],
-    "mirror": "http://deb.debian.org/debian",
-    "format": 1,  # bump to rebuild every cached root
-}
-ROOT_CACHE = REPO / ".cache" / "debian-root"
+# Built once and cached by tests/support/debian_root.py (skips unless root with mmdebstrap).
+ROOT_PACKAGES = ("python3-minimal", "python3")
 
 
 def debian_root_tarball() -> Path:
-    """A minbase bookworm root as a tarball, built once per ROOT_SPEC and architecture."""
-    if os.geteuid() != 0:
-        pytest.skip("installing into a Debian root needs root (chroot, device nodes)")
-    spec = {**ROOT_SPEC, "arch": platform.machine()}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    tarball = ROOT_CACHE / f"bookworm-minbase-python3-{key}.tar"
-    if tarball.is_file():
-        return tarball
-    mmdebstrap = need("mmdebstrap")
-    ROOT_CACHE.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(f".tar.{os.getpid()}.part")
-    try:
-        run(mmdebstrap, "--quiet", "--format=tar", f"--variant={spec['variant']}",
-            f"--include={','.join(spec['include'])}", spec["suite"], partial,
-            spec["mirror"], timeout=900)
-        partial.replace(tarball)
-    finally:
-        partial.unlink(missing_ok=True)
-    return tarball
+    """A minbase bookworm root with Python as a tarball, built once per inputs."""
+    return support_debian_root_tarball(ROOT_PACKAGES, name="python3")
 
 
 def _tree(root: Path) -> set[str]:
