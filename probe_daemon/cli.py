@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     # Signals are taken synchronously with sigwait: no handler can run while a lock is held,
     # nothing polls, and a signal that comes during start-up waits until we are ready. The
     # mask is set before any thread starts, so every thread inherits it.
+    for signum in HANDLED_SIGNALS:
+        # Started under nohup (or by anything else that ignores them), they would be lost.
+        signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         component = Component(config)

@@ -233,6 +233,8 @@ def test_replacement_is_atomic_keeps_mode_and_owner_and_leaves_no_temp_files(tst
     if os.geteuid() == 0:
         os.chown(conf, 65534, 65534)
     before = conf.stat()
+    # Held open, the original inode cannot be freed and reused by a later file.
+    original = os.open(conf, os.O_RDONLY)
     switched = ORIGINAL.replace(b"log_tcp_complete = 0 ", b"log_tcp_complete = 1 ")
     seen: set[bytes] = set()
     done = threading.Event()
@@ -254,7 +256,11 @@ def test_replacement_is_atomic_keeps_mode_and_owner_and_leaves_no_temp_files(tst
     assert seen <= {ORIGINAL, switched} and seen
     tstat._acquire(("log_tcp_complete",))
     after = conf.stat()
-    assert after.st_ino != before.st_ino  # renamed over, not rewritten in place
+    # Renamed over, not rewritten in place: the original file is unlinked and unchanged.
+    assert after.st_ino != before.st_ino
+    assert os.fstat(original).st_nlink == 0
+    assert os.pread(original, len(ORIGINAL) + 1, 0) == ORIGINAL
+    os.close(original)
     assert stat.S_IMODE(after.st_mode) == 0o640
     assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
     assert os.listdir(conf.parent) == ["runtime.conf"]

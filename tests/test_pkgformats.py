@@ -10,6 +10,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -565,7 +566,10 @@ def test_busybox_init_starts_reloads_and_stops(tmp_path, variant):
         env["PATH"] += ":/sbin:/usr/sbin"
 
     def init(action: str) -> subprocess.CompletedProcess[str]:
-        return run(*shell, script, action, check=False, env=env, timeout=60)
+        # As under an init system, whatever ran the tests (nohup ignores SIGHUP, and a shell
+        # cannot trap a signal ignored on entry).
+        return run(*shell, script, action, check=False, env=env, timeout=60,
+                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
     try:
         assert init("status").returncode == 3
