@@ -22,11 +22,9 @@ same tests on the real sources from the artifact cache (roles/glimpse_console/RE
   capability and result statements with it.
 """
 
-import contextlib
 import json
 import os
 import shlex
-import shutil
 import socket
 import ssl
 import stat
@@ -40,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from pki import Deployment, PKIState, sync
+from tests.support.apt_cache import apt_cache_in, seed_apt_cache
 from tests.support.debian_root import role_test_tarball
 from tests.support.mplane_ri import default_cache_dir, ri_python, ri_venv
 from tests.support.targets import ChrootTarget, PlaybookResult, SshTarget, run_playbook
@@ -150,35 +149,6 @@ def converge(workdir: Path, inventory: Path, env: dict[str, str], extra: dict[st
     if twice:
         assert results[1].changed() == 0, results[1].report()
     return results
-
-
-@contextlib.contextmanager
-def apt_cache_in(root: Path) -> Iterator[None]:
-    """Bind the host's cache of .debs and package lists into the root while the role runs, so
-    only the first run downloads; unmounted on leaving."""
-    mounted: list[Path] = []
-    try:
-        for host_dir, inside in ((APT_CACHE / "archives", "var/cache/apt/archives"),
-                                 (APT_CACHE / "lists", "var/lib/apt/lists")):
-            (host_dir / "partial").mkdir(parents=True, exist_ok=True)
-            point = root / inside
-            point.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["mount", "--bind", host_dir, point], check=True)
-            mounted.append(point)
-        yield
-    finally:
-        for point in reversed(mounted):
-            if subprocess.run(["umount", point], capture_output=True).returncode:
-                subprocess.run(["umount", "--lazy", point], capture_output=True)
-
-
-def seed_apt_cache(root: Path) -> None:
-    """Copy the cached .debs and lists into a root whose mounts are private (SSH target)."""
-    for host_dir, inside in ((APT_CACHE / "archives", "var/cache/apt/archives"),
-                             (APT_CACHE / "lists", "var/lib/apt/lists")):
-        if host_dir.is_dir():
-            shutil.copytree(host_dir, root / inside, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("lock", "partial"))
 
 
 def exec_start(unit: str) -> list[str]:
@@ -297,7 +267,7 @@ def chroot_role(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     pki = make_pki(workdir, CHROOT_NAME, "192.0.2.20", "192.0.2.10")
     with ChrootTarget(role_test_tarball(), workdir, name=CHROOT_NAME) as target:
         began = time.monotonic()
-        with apt_cache_in(target.root):
+        with apt_cache_in(APT_CACHE, target.root):
             first, second = converge(workdir, target.inventory_file(["targets", "probes"]),
                                      env, CHROOT_VARS)
         yield {"target": target, "first": first, "second": second, "env": env, "pki": pki,
@@ -435,7 +405,7 @@ def stop_console(target: SshTarget, pid: str) -> None:
 def test_console_connects_to_the_supervisor_with_its_client_certificate(tmp_path):
     env = glimpse_env(tmp_path)
     with SshTarget(role_test_tarball(), tmp_path, name=SSH_NAME, apt_proxy=True) as target:
-        seed_apt_cache(target.root)
+        seed_apt_cache(APT_CACHE, target.root)
         pki = make_pki(tmp_path, SSH_NAME, target.host, target.host_address)
         supervisor = pki.hosts_dir / "supervisor"
         with TLSListener(target.host_address, supervisor / "cert.pem", supervisor / "key.pem",

@@ -17,7 +17,6 @@ the artifact cache (see roles/tstat/README.md).
   qemu-mipsel-static (if installed) its output on the pcap equals the native build's.
 """
 
-import contextlib
 import json
 import os
 import shlex
@@ -33,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from probe_daemon.measurements.tstat import SECTIONS, read_settings
+from tests.support.apt_cache import apt_cache_in, dpkg_unsafe_io, seed_apt_cache
 from tests.support.debian_root import role_test_tarball
 from tests.support.targets import ChrootTarget, PlaybookResult, SshTarget, run_playbook
 from tests.support.upstream_fakes import artifact_env
@@ -140,40 +140,6 @@ def converge(workdir: Path, inventory: Path, env: dict[str, str], extra: dict[st
     return first, second
 
 
-@contextlib.contextmanager
-def apt_cache_in(root: Path) -> Iterator[None]:
-    """Bind the host's cache of .debs and package lists into the root while the role runs,
-    so only the first run downloads; unmounted on leaving."""
-    mounted: list[Path] = []
-    try:
-        for host_dir, inside in ((APT_CACHE / "archives", "var/cache/apt/archives"),
-                                 (APT_CACHE / "lists", "var/lib/apt/lists")):
-            (host_dir / "partial").mkdir(parents=True, exist_ok=True)
-            point = root / inside
-            point.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["mount", "--bind", host_dir, point], check=True)
-            mounted.append(point)
-        yield
-    finally:
-        for point in reversed(mounted):
-            if subprocess.run(["umount", point], capture_output=True).returncode:
-                subprocess.run(["umount", "--lazy", point], capture_output=True)
-
-
-def dpkg_unsafe_io(root: Path) -> None:
-    """No fsync per unpacked file in a throw-away root: dpkg is several times faster here."""
-    (root / "etc/dpkg/dpkg.cfg.d/probeforge-test-unsafe-io").write_text("force-unsafe-io\n")
-
-
-def seed_apt_cache(root: Path) -> None:
-    """Copy the cached .debs and lists into a root whose mounts are private (SSH target)."""
-    for host_dir, inside in ((APT_CACHE / "archives", "var/cache/apt/archives"),
-                             (APT_CACHE / "lists", "var/lib/apt/lists")):
-        if host_dir.is_dir():
-            shutil.copytree(host_dir, root / inside, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("lock", "partial"))
-
-
 @pytest.fixture(scope="module")
 def pcap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_pcap(tmp_path_factory.mktemp("pcap") / "flows.pcap", sample_flows(3))
@@ -190,7 +156,7 @@ def chroot_role(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     with ChrootTarget(tarball, workdir, name="tstat-chroot") as target:
         began = time.monotonic()
         dpkg_unsafe_io(target.root)
-        with apt_cache_in(target.root):
+        with apt_cache_in(APT_CACHE, target.root):
             first, second = converge(workdir, target.inventory_file(), env, ROLE_VARS)
         yield {"target": target, "first": first, "second": second, "env": env,
                "seconds": time.monotonic() - began}
@@ -343,7 +309,7 @@ def test_installed_tstat_analyses_a_pcap_with_the_rendered_configuration(chroot_
 def test_live_capture_on_an_ssh_target(tmp_path):
     env = playbook_env(tmp_path)
     with SshTarget(role_test_tarball(), tmp_path, name="tstat-ssh", apt_proxy=True) as target:
-        seed_apt_cache(target.root)
+        seed_apt_cache(APT_CACHE, target.root)
         dpkg_unsafe_io(target.root)
         live_vars = {**ROLE_VARS, "tstat_interface": target.veth_target,
                      "tstat_anonymize": "", "tstat_internal_networks": [f"{target.host}/32"]}
