@@ -619,8 +619,11 @@ def test_https_content(tls_stream, monkeypatch):
         measure(server.url("/hls/master.m3u8"))  # the device does not trust this server
     monkeypatch.setattr(ott.fetch, "tls_context",  # where HttpClient looks it up
                         lambda: ssl.create_default_context(cafile=cert))
-    row = one(server.url("/dash/number.mpd"))
-    assert (row["qos.manifest"], row["qos.content"], row["qos.level"]) == (100, 100, 78)
+    # A fixed level: what is under test is HTTPS, not the rate choice (which a loaded CI
+    # machine's throughput would move).
+    row = one(server.url("/dash/number.mpd"), variant_policy="highest")
+    assert (row["qos.manifest"], row["qos.level"]) == (100, 100)
+    assert row["qos.content"] > 0 and row["http.code.max"] == 200
 
 
 def test_unassignable_source_address_is_a_measurement_error(stream):
