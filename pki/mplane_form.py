@@ -10,7 +10,6 @@ budget of 1,000 hosts in 10 s.
 import re
 import subprocess
 import tempfile
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -46,7 +45,3 @@ def mplane_forms(certs: list[x509.Certificate]) -> list[bytes]:
         raise PKIError(f"openssl dumped {len(parts)} certificates instead of {len(certs)}",
                        "check the openssl installation")
     return parts
-
-
-def mplane_form_path(path: Path) -> bytes:
-    return mplane_forms([x509.load_pem_x509_certificate(path.read_bytes())])[0]

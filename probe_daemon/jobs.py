@@ -60,10 +60,6 @@ class JobRunner:
                                           "measurement; no result: run it again"))
             record.unlink(missing_ok=True)
 
-    def running(self) -> int:
-        with self._lock:
-            return len(self._jobs)
-
     def start(self, job: RunningJob, receipt: Message | None = None) -> str | None:
         """Start the job; return a reason when it cannot be accepted.
 

@@ -36,16 +36,6 @@ def parse_duration(text: str) -> timedelta:
         raise WhenError(f"{text!r} is longer than any date can express") from None
 
 
-def format_duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    out = ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out += f"{seconds // size}{unit}"
-            seconds %= size
-    return out or "0s"
-
-
 def parse_time(text: str) -> datetime:
     text = text.strip()
     if not _TIME.match(text):
