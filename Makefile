@@ -19,8 +19,7 @@ $(PY):
 	@echo "no .venv: run 'make setup' first" >&2; exit 1
 
 rig: $(PY)
-	$(VENV)/bin/ansible-playbook -i $(INVENTORY) playbooks/pki.yml
-	@$(PY) -m pki status --state $(INVENTORY)/.state/pki
+	$(VENV)/bin/probeforge-rig up -i $(INVENTORY) $(RIG_ARGS)
 
 test: $(PY)
 	$(PY) -m pytest $(PYTEST_ARGS)

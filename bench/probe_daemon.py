@@ -47,7 +47,7 @@ if __package__ in (None, ""):
 from bench import report  # noqa: E402
 from probe_daemon.registry import MEASUREMENT_MODULES  # noqa: E402
 from probe_daemon.settings import SETTINGS  # noqa: E402
-from tests.support.mplane_ri import (  # noqa: E402
+from rig.mplane_ri import (  # noqa: E402
     CORE_REGISTRY,
     RI_PING_LABELS,
     RI_REQUIREMENTS,
@@ -687,7 +687,7 @@ def section(r: Results, command: str) -> str:
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in [
         *report.machine(),
         ("mPlane RI", f"{RI_REQUIREMENTS[0]} in its own venv on the same interpreter "
-                      "(`tests/support/mplane_ri.py`)"),
+                      "(`rig/mplane_ri.py`)"),
         ("probe daemon code", r.code),
         ("load average (1 / 5 / 15 min)", f"{_load(r.loads['start'])} at the start, "
          f"{_load(r.loads['idle'])} before the idle window, {_load(r.loads['end'])} at the "

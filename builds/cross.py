@@ -4,7 +4,9 @@
 * :class:`ForeignArchive` keeps a package list of another Debian architecture in a directory
   of its own (``apt-get -oAPT::Architecture=… -oDir::State::Lists=… -oDir::State::Status=
   /dev/null``): the host's dpkg never learns about the architecture. It resolves the runtime
-  library closure of the packages a build needs and downloads them, verified, into a cache.
+  library closure of the packages a build needs (or, for a root filesystem, their whole
+  Depends/Pre-Depends closure less what the caller excludes) and downloads them, verified,
+  into a cache.
 * :func:`make_sysroot` unpacks them with ``dpkg-deb -x``. Only the requested development
   packages (headers, ``.so`` links) and runtime libraries go in, never ``libc6-dev``: the
   cross toolchain brings its own C library development files, and a second set would clash.
@@ -84,14 +86,22 @@ class Package:
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
+def _alternatives(field: str) -> list[list[str]]:
+    """Package names of a Depends/Pre-Depends field: one list of alternatives per group,
+    without version constraints or architecture qualifiers."""
+    groups = []
+    for group in field.split(","):
+        names = [re.split(r"[\s(:\[]", alternative.strip(), maxsplit=1)[0]
+                 for alternative in group.split("|")]
+        names = [name for name in names if name]
+        if names:
+            groups.append(names)
+    return groups
+
+
 def _first_alternatives(field: str) -> list[str]:
     """Package names of a Depends/Pre-Depends field, first alternative of each group."""
-    names = []
-    for group in field.split(","):
-        first = group.split("|")[0].strip()
-        if first:
-            names.append(re.split(r"[\s(:]", first, maxsplit=1)[0])
-    return names
+    return [group[0] for group in _alternatives(field)]
 
 
 def is_runtime_library(name: str) -> bool:
@@ -118,6 +128,9 @@ class ForeignArchive:
                 f"-oDir::State::Lists={self.lists}", "-oDir::State::Status=/dev/null",
                 f"-oDir::Etc::SourceList={self.sources}", "-oDir::Etc::SourceParts=/dev/null",
                 f"-oDir::Cache={self.state_dir / 'cache'}",
+                # Keep apt's binary cache of the lists (images often switch it off): each
+                # apt-cache call then starts in milliseconds instead of parsing the lists.
+                "-oDir::Cache::pkgcache=pkgcache.bin", "-oDir::Cache::srcpkgcache=srcpkgcache.bin",
                 # Our own directories: no lock on the host's apt, no drop to the _apt user.
                 "-oDebug::NoLocking=true", "-oAPT::Sandbox::User=root"]
 
@@ -158,24 +171,55 @@ class ForeignArchive:
                 records.setdefault(fields["Package"], fields)
         return records
 
-    def closure(self, wanted: Iterable[str]) -> list[Package]:
-        """``wanted`` and the runtime libraries they depend on, transitively."""
-        wanted = list(wanted)
+    def closure(self, wanted: Iterable[str], *, everything: bool = False,
+                exclude: Iterable[str] = ()) -> list[Package]:
+        """``wanted`` and the runtime libraries they depend on, transitively.
+
+        With ``everything`` (a root filesystem rather than a sysroot), every Depends and
+        Pre-Depends is followed instead, except the names in ``exclude`` (what busybox or the
+        image replaces): a group is met by an alternative already chosen or excluded, else by
+        its first alternative that is a real package; a group only virtual packages could meet
+        is an error naming it, as is an excluded name in ``wanted``."""
+        wanted = list(dict.fromkeys(wanted))
+        excluded = set(exclude)
+        clash = [name for name in wanted if name in excluded]
+        if clash:
+            raise BuildError(f"{', '.join(clash)} both wanted and excluded: drop one of them")
         found: dict[str, dict[str, str]] = {}
-        queue = list(wanted)
-        while queue:
-            batch = [n for n in dict.fromkeys(queue) if n not in found]
-            queue = []
-            records = self.show(batch)
-            missing = [n for n in batch if n in wanted and n not in records]
+        known: dict[str, dict[str, str] | None] = {}  # None: no such real package
+        # (groups of alternatives, the package that needs them)
+        pending: list[tuple[list[str], str]] = [([name], "") for name in wanted]
+        while pending:
+            unknown = {n for group, _ in pending for n in group if n not in known}
+            records = self.show(unknown)
+            for name in unknown:
+                known[name] = records.get(name)
+            missing = [n for n in wanted if known.get(n) is None]
             if missing:
                 raise BuildError(f"no {self.arch} package {', '.join(missing)} in {self.mirror} "
                                  f"{self.suite}")
-            for name, fields in records.items():
-                found[name] = fields
+            queue, pending = pending, []
+            for group, needed_by in queue:
+                if any(n in found or n in excluded for n in group):
+                    continue
+                choice = next((n for n in group if known[n] is not None), None)
+                if choice is None:
+                    if not everything:
+                        continue  # a virtual library: the sysroot does without it
+                    raise BuildError(
+                        f"{needed_by} depends on {' | '.join(group)}, which no real {self.arch} "
+                        f"package in {self.suite} is: add a package that provides it to the "
+                        "list, or exclude the name if the image provides it otherwise")
+                fields = known[choice]
+                assert fields is not None
+                found[choice] = fields
                 deps = fields.get("Pre-Depends", "") + "," + fields.get("Depends", "")
-                queue += [d for d in _first_alternatives(deps)
-                          if is_runtime_library(d) and d not in found]
+                for alternatives in _alternatives(deps):
+                    if not everything:
+                        if not is_runtime_library(alternatives[0]):
+                            continue
+                        alternatives = alternatives[:1]
+                    pending.append((alternatives, choice))
         return [Package(name, f["Version"], f["Architecture"], f["Filename"], f["SHA256"])
                 for name, f in sorted(found.items())]
 

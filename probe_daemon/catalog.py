@@ -50,8 +50,14 @@ def load_measurements(config: Config) -> list[Measurement]:
     return measurements
 
 
+# Core registry element naming the probe a capability belongs to. The RI supervisor knows a
+# capability by a hash of its content: without it, two probes with the same measurements
+# would offer one capability between them, and a client could not choose the probe.
+DEVICE_ELEMENT = "source.device"
+
+
 class Catalog:
-    def __init__(self, measurements: list[Measurement]) -> None:
+    def __init__(self, measurements: list[Measurement], device: str = "") -> None:
         self.elements = declared_elements()
         self.offers: dict[str, Offer] = {}
         self.withheld: dict[str, str] = {}
@@ -65,7 +71,9 @@ class Catalog:
                 statement = Statement(
                     kind="capability", label=template.label, when=template.when,
                     parameters=dict(template.parameters), results=list(template.results),
-                    registry=template.registry, metadata=dict(template.metadata), link="")
+                    registry=template.registry, link="",
+                    metadata={**({DEVICE_ELEMENT: device} if device else {}),
+                              **template.metadata})
                 statement.token = statement.schema_token()
                 self.offers[template.label] = Offer(measurement, template, statement)
 

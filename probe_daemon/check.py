@@ -74,7 +74,7 @@ def run_check(config: Config, contact: bool = True) -> list[str]:
     except OSError as exc:
         problems.append(f"[daemon] spool_dir = {spool}: not writable ({exc.strerror})")
     try:
-        catalog = Catalog(load_measurements(config))
+        catalog = Catalog(load_measurements(config), config.device)
     except (ValueError, ImportError) as exc:
         problems.append(f"measurements: {exc}")
     else:
@@ -97,7 +97,7 @@ def report(config: Config) -> int:
     for problem in problems:
         print(f"error: {problem}")
     if not problems:
-        catalog = Catalog(load_measurements(config))
+        catalog = Catalog(load_measurements(config), config.device)
         for name, reason in catalog.withheld.items():
             print(f"note: {name} not offered: {reason}")
         print(f"ok: {len(catalog.offers)} capabilities "

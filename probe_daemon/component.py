@@ -56,7 +56,7 @@ class Component:
         self.stopping = threading.Event()
         self.spool = Spool(config.spool_dir, config.spool_max_messages, config.spool_max_bytes)
         self.jobs = JobRunner(Path(config.spool_dir).parent / "jobs", config.max_jobs, self.emit)
-        self.catalog = Catalog(load_measurements(config))
+        self.catalog = Catalog(load_measurements(config), config.device)
         self.supervisor = _connect(config)
         self.poll_interval = config.poll_interval
         self._need_registration = threading.Event()
@@ -108,6 +108,7 @@ class Component:
             if reply.status == 200:
                 backoff.reset()
                 self.spool.done(seq)
+                log.info("delivered message %d", seq)
             elif 400 <= reply.status < 500 and reply.status != 428:
                 # Resending what the supervisor rejects as malformed would block the spool.
                 log.error("supervisor refused message %d (HTTP %d: %s); dropped", seq,
@@ -248,7 +249,7 @@ class Component:
     def reload(self, config: Config) -> None:
         """Apply a new configuration: re-offer capabilities, reconnect if needed."""
         # Everything that can fail comes first: a refused reload changes nothing.
-        catalog = Catalog(load_measurements(config))
+        catalog = Catalog(load_measurements(config), config.device)
         supervisor = _connect(config)
         with self._lock:
             removed = [s for s in self.catalog.capabilities()

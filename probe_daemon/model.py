@@ -62,9 +62,14 @@ class Statement:
         return Statement(**data)
 
     def schema_token(self) -> str:
-        """The RI's capability token: a hash of what the statement offers, stable across runs."""
-        canonical = json.dumps([self.kind, self.verb, self.label, self.registry, self.when,
-                                sorted(self.parameters.items()), self.results])
+        """The RI's capability token: a hash of what the statement offers, stable across runs.
+        Metadata counts: it names the probe (source.device), and the RI supervisor keeps one
+        capability per token, so two probes' identical measurements need two tokens."""
+        offered: list[Any] = [self.kind, self.verb, self.label, self.registry, self.when,
+                              sorted(self.parameters.items()), self.results]
+        if self.metadata:
+            offered.append(sorted(self.metadata.items()))
+        canonical = json.dumps(offered)
         return hashlib.md5(canonical.encode(), usedforsecurity=False).hexdigest()
 
 

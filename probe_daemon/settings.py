@@ -8,6 +8,7 @@ probe.conf is INI. ``[mplane]`` says where the supervisor is and how to authenti
 
 import argparse
 import configparser
+import socket
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ def _path(text: str) -> Path:
     return Path(text.strip())
 
 
+def _device(text: str) -> str:
+    return text.strip() or socket.gethostname()
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -87,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             "this probe's certificate"),
     Setting("key_file", "mplane", _path, "/etc/mplane/certs/probe.key",
             "this probe's private key (mode 0600)"),
+    Setting("device", "mplane", _device, "",
+            "this probe's name in the source.device metadata of every capability, which keeps "
+            "probes with the same measurements apart at a supervisor; empty: the host name"),
     Setting("registration_path", "mplane", str, "/register/capability",
             "where capabilities are registered"),
     Setting("specification_path", "mplane", str, "/show/specification",

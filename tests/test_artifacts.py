@@ -28,8 +28,8 @@ import yaml
 
 import artifacts
 from artifacts.cli import main
+from rig.mplane_ri import RI_REQUIREMENTS
 from tests.conftest import REPO
-from tests.support.mplane_ri import RI_REQUIREMENTS
 
 BIN = Path(sys.executable).parent
 MIRRORS = Path("/work/.mirror")

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.support.debian_root import role_test_tarball
-from tests.support.mplane_ri import (
+from rig.mplane_ri import (
     RIError,
     TLSFiles,
     default_cache_dir,
@@ -32,6 +30,8 @@ from tests.support.mplane_ri import (
     ri_venv,
     run_specification,
 )
+from tests.conftest import REPO
+from tests.support.debian_root import role_test_tarball
 from tests.support.probe_daemon_proc import registry_file
 from tests.support.targets import (
     SshTarget,

@@ -29,7 +29,7 @@ from probe_daemon.measurements.dns import (
     read_name,
 )
 from probe_daemon.model import REGISTRY_CORE
-from tests.support.dnsmasq import DNSMASQ, running_dnsmasq
+from rig.dns import DNSMASQ, running_dnsmasq
 from tests.support.imports import imported_roots
 from tests.support.jobs import make_job
 

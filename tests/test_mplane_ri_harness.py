@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pki.authz import render_authz
-from tests.support.mplane_ri import (
+from rig.mplane_ri import (
     RI_PING_LABELS,
     RIComponent,
     RISupervisor,

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from pki import Deployment, PKIState, revoke, sync
 from pki.ca import mplane_identity
-from tests.support.mplane_ri import (
+from rig.mplane_ri import (
     RI_PING_LABELS,
     RIComponent,
     RIError,

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.mplane_ri import (
+from rig.mplane_ri import (
     RIError,
     RISupervisor,
     default_cache_dir,

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from pki import Deployment, PKIState, sync
-from tests.support.dnsmasq import running_dnsmasq
-from tests.support.mplane_ri import (
+from rig.dns import running_dnsmasq
+from rig.mplane_ri import (
     RISupervisor,
     TLSFiles,
+    capabilities_by_token,
     default_cache_dir,
     free_port,
     list_capabilities,
@@ -231,3 +232,52 @@ def test_every_capability_runs_through_the_supervisor(venv, registry, full_stack
     assert rows["tstat-log_tcp_complete-core"][0]["tstat.log.class"] == "log_tcp_complete"
     # The window is over: Tstat's configuration is back as it was.
     assert runtime_conf.read_text() == original
+
+
+# -- two probes with the same measurements ----------------------------------------------------
+
+
+def test_two_probes_each_run_their_own_specifications(venv, registry, tmp_path):
+    """Each probe names itself in source.device, which keeps its capabilities apart at the
+    RI supervisor (one per token) and, with the shim's routing fix, sends each specification
+    to the probe whose capability it was made from (RI 0.9.0 matched by schema alone)."""
+    request = pki_request()
+    request["hosts"].append({"name": "probe-02", "groups": ["probes"], "address": "127.0.0.1"})
+    state = PKIState(tmp_path / "pki")
+    sync(state, Deployment.from_request(request), PASSPHRASE)
+    operator = TLSFiles.from_pki_bundle(state.hosts_dir / "operator")
+
+    def probe(name: str) -> ProbeDaemon:
+        bundle = state.hosts_dir / name
+        return ProbeDaemon(tmp_path, supervisor.component_url, name=name, sections=ONLY_PING,
+                           ca_file=bundle / "chain.pem", cert_file=bundle / "cert.pem",
+                           key_file=bundle / "key.pem", settings={"device": name})
+
+    with RISupervisor(venv, tmp_path, component_port=free_port(), client_port=free_port(),
+                      tls=TLSFiles.from_pki_bundle(state.hosts_dir / "supervisor"),
+                      authz_ini=state.authz_path.read_text(),
+                      registry_preload=registry) as supervisor, \
+            probe("probe-01") as first, probe("probe-02") as second:
+        first.wait_log(r"registered \d+ capabilities")
+        second.wait_log(r"registered \d+ capabilities")
+        deadline = time.monotonic() + 30
+        while True:
+            by_token = capabilities_by_token(venv, supervisor.client_url, tls=operator,
+                                             registry_preload=registry)
+            ping = {cap["metadata"]["source.device"]: token for token, cap in by_token.items()
+                    if cap["label"] == "ping-average-ip4"}
+            if len(ping) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert set(ping) == {"probe-01", "probe-02"}
+        # Before the fix, whichever registered first got both specifications.
+        for device, daemon in (("probe-02", second), ("probe-01", first)):
+            reply = run_specification(venv, supervisor.client_url, ping[device],
+                                      {"destination.ip4": "127.0.0.1",
+                                       "source.ip4": "127.0.0.1"},
+                                      tls=operator, when="now + 1s / 1s", timeout=60,
+                                      registry_preload=registry)
+            assert reply.get("result") == "measure", reply
+            assert "accepted ping-average-ip4" in daemon.log()
+        assert first.log().count("accepted ping-average-ip4") == 1
+        assert second.log().count("accepted ping-average-ip4") == 1

@@ -38,9 +38,9 @@ from pathlib import Path
 import pytest
 
 from pki import Deployment, PKIState, sync
+from rig.mplane_ri import default_cache_dir, ri_python, ri_venv
 from tests.support.apt_cache import apt_cache_in, seed_apt_cache
 from tests.support.debian_root import role_test_tarball
-from tests.support.mplane_ri import default_cache_dir, ri_python, ri_venv
 from tests.support.targets import ChrootTarget, PlaybookResult, SshTarget, run_playbook
 from tests.support.upstream_fakes import (
     REAL_UPSTREAM_ENV,

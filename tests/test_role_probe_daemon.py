@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from pki import Deployment, PKIState, sync
-from tests.support.debian_root import role_test_tarball
-from tests.support.mplane_ri import (
+from rig.mplane_ri import (
     RISupervisor,
     TLSFiles,
     default_cache_dir,
@@ -26,6 +25,7 @@ from tests.support.mplane_ri import (
     list_capabilities,
     ri_venv,
 )
+from tests.support.debian_root import role_test_tarball
 from tests.support.probe_daemon_proc import registry_file
 from tests.support.targets import ChrootTarget, SshTarget, processes_rooted_in, run_playbook
 

@@ -452,7 +452,7 @@ def test_sdk_installs_offline_and_talks_tls_on_python_312(artifact_cache, two_pk
     (HttpInitiatorClient, which calls ssl.wrap_socket) against the RI supervisor over TLS."""
     import yaml
 
-    from tests.support.mplane_ri import RISupervisor, TLSFiles, free_port, list_capabilities
+    from rig.mplane_ri import RISupervisor, TLSFiles, free_port, list_capabilities
     from tests.support.probe_daemon_proc import registry_file
 
     python = _python312()

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """A scripted mPlane supervisor for hostile-peer tests of the probe daemon.
 
-Why a test double: the real RI supervisor (tests/support/mplane_ri.py, used for interop in
+Why a test double: the real RI supervisor (rig/mplane_ri.py, used for interop in
 tests/test_probe_daemon_ri.py) only ever hands out well-formed specifications and answers every
 request promptly with 200. It cannot send a broken envelope, an oversized or trickled body, a
 500 or a connection reset, nor refuse results for a while: exactly the inputs the robustness

@@ -5,7 +5,7 @@ Imported at interpreter start-up by ``probeforge_mplane_shim.pth`` in the venv's
 site-packages: a .pth file rather than ``sitecustomize``, because a distribution's own
 sitecustomize (Debian and Ubuntu ship one) comes earlier on ``sys.path`` and would win. No
 installed file of the SDK is changed. This is the one copy: the ``supervisor`` role installs
-it on appliances, and the test harness (``tests/support/mplane_ri.py``) into its RI venv.
+it on appliances, and the rig and the tests (``rig/mplane_ri.py``) into its RI venv.
 
 What it does:
 
@@ -19,6 +19,13 @@ What it does:
 3. More than one ``registry_preload``: the RI preloads one registry file per program (the
    ``registry_preload`` key of its ``[component]`` or ``[client]`` section). A value of
    several lines now preloads each line's file in order; a one-line value behaves as before.
+4. A specification goes to the component whose capability it was made from. The RI lost
+   that twice when two probes offer the same measurement: it matched a client's
+   specification to a capability by schema (parameter and result names) alone, so the first
+   probe registered took all; and the supervisor relayed it by label, which names the last
+   probe registered. Now the metadata a specification carries over from its capability must
+   agree too (probeforge probes name themselves in ``source.device``), and each relay
+   forwards to its own capability by token.
 
 ``after_import(module, patch)`` runs ``patch(module)`` right after a module is first imported:
 for patches that must not import the SDK at start-up of every interpreter of the venv.
@@ -142,3 +149,56 @@ def _preload_each_line(model: ModuleType) -> None:
 
 
 after_import("mplane.model", _preload_each_line)
+
+
+# --- 4. specifications reach the component they were made for ---------------------------------
+
+
+def _fulfil_for_the_same_component(model: ModuleType) -> None:
+    fulfills = model.Specification.fulfills
+
+    def fulfills_for_the_same_component(self: object, capability: object) -> bool:
+        if not fulfills(self, capability):
+            return False
+        for name in capability.metadata_names():  # type: ignore[attr-defined]
+            if self.has_metadata(name) and (  # type: ignore[attr-defined]
+                    self._metadata[name].get_value()  # type: ignore[attr-defined]
+                    != capability._metadata[name].get_value()):  # type: ignore[attr-defined]
+                return False
+        return True
+
+    model.Specification.fulfills = fulfills_for_the_same_component
+
+
+after_import("mplane.model", _fulfil_for_the_same_component)
+
+
+class _OwnCapabilityClient:
+    """The supervisor's component-facing client as one relay sees it: invoking "the"
+    capability means the relay's own, by token, whatever label the RI passes."""
+
+    def __init__(self, client: object, token: str) -> None:
+        self._client = client
+        self._token = token
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    def invoke_capability(self, cap_tol: str, when: object, params: object,
+                          relabel: object = None) -> object:
+        return self._client.invoke_capability(  # type: ignore[attr-defined]
+            self._token, when, params, relabel)
+
+
+def _relay_to_its_own_component(supervisor: ModuleType) -> None:
+    init = supervisor.RelayService.__init__
+
+    def init_for_its_own_component(self: object, cap: object, identity: str, client: object,
+                                   lock: object, messages: object) -> None:
+        init(self, cap, identity, _OwnCapabilityClient(client, cap.get_token()),  # type: ignore[attr-defined]
+             lock, messages)
+
+    supervisor.RelayService.__init__ = init_for_its_own_component
+
+
+after_import("mplane.supervisor", _relay_to_its_own_component)

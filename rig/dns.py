@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A real DNS server for tests: dnsmasq on 127.0.0.1, started and stopped by PID."""
+"""A real DNS server on 127.0.0.1: dnsmasq, hermetic, started and stopped by PID.
+
+The rig's emulated MiniProbes ask it (at 10.0.2.2 from inside QEMU's user network) for the
+testbed's own names, so that no DNS query of the rig leaves the machine; the tests use it as
+the server their DNS measurements ask."""
 
 from __future__ import annotations
 
@@ -44,12 +48,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_dnsmasq(records: Callable[[int], list[str]], ready_name: str) -> Iterator[Server]:
-    """Run dnsmasq with ``base_args(port) + records(port)`` until it answers ``ready_name``."""
+def running_dnsmasq(records: Callable[[int], list[str]], ready_name: str,
+                    port: int | None = None,
+                    started: Callable[[int], None] | None = None) -> Iterator[Server]:
+    """Run dnsmasq with ``base_args(port) + records(port)`` until it answers ``ready_name``;
+    on ``port``, or on a free one. ``started`` learns its PID, to record it."""
     if DNSMASQ is None:
         raise DnsmasqError("no dnsmasq binary (Debian: dnsmasq-base)")
-    for _attempt in range(5):
-        port = free_port()
+    attempts = 1 if port else 5
+    tried: list[int] = []
+    for _attempt in range(attempts):
+        port = port if port and not tried else free_port()
+        tried.append(port)
         proc = subprocess.Popen(base_args(port) + records(port), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         server = Server("127.0.0.1", port)
@@ -65,11 +75,16 @@ def running_dnsmasq(records: Callable[[int], list[str]], ready_name: str) -> Ite
                 os.kill(proc.pid, signal.SIGTERM)
             log = proc.communicate(timeout=5)[0]
             if b"in use" in log:
+                if len(tried) == attempts:
+                    raise DnsmasqError(f"port {port} is in use: free it, or give dnsmasq "
+                                       "another port")
                 continue  # lost the port to someone else between the probe and the bind
             raise DnsmasqError(f"dnsmasq did not start: {log.decode(errors='replace')}")
         break
     else:
         raise DnsmasqError("no free port for dnsmasq after 5 attempts")
+    if started is not None:
+        started(proc.pid)
     try:
         yield server
     finally:

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Drive the mPlane reference implementation (``mplane-sdk`` 0.9.0) from tests.
+"""Drive the mPlane reference implementation (``mplane-sdk`` 0.9.0).
 
-The RI is the yardstick for interoperability: a supervisor (``mpsup``), the RI
-component runtime (``mpcom``) with its ping module, and the RI client library.
-They run from a private Python 3.11 venv in subprocesses, so the test process
-never imports ``mplane`` and the RI's old dependencies never meet ours.
+The rig runs the RI supervisor on the host (until the appliance provides one) and its client
+for the operator's measurement; the tests use the same code as their yardstick for
+interoperability: a supervisor (``mpsup``), the RI component runtime (``mpcom``) with its ping
+module, and the RI client library. They run from a private Python 3.11 venv in subprocesses,
+so the calling process never imports ``mplane`` and the RI's old dependencies never meet ours.
+The venv is installed offline from the artifact cache (group ``supervisor``), fetched first
+when something is missing.
 
 Port naming follows the harness user, not the RI: a supervisor's
 ``component_port`` is where components register (the RI calls that side its
@@ -41,6 +44,14 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from artifacts import (
+    ArtifactError,
+    Cache,
+    fetch,
+    load_manifest,
+    resolve_cache_dir,
+    resolve_mirrors,
+)
 from pki.authz import render_authz
 
 RI_REQUIREMENTS: tuple[str, ...] = (
@@ -71,7 +82,7 @@ HARNESS_AUTHZ_NAME = "mplane-ri-test-harness"
 # several registry_preload files) is the one the supervisor role installs on appliances: one
 # copy, in the role. It is loaded through a .pth file at interpreter start-up, as there.
 SHIM_MODULE = "probeforge_mplane_shim"
-SHIM_FILE = Path(__file__).resolve().parents[2] / "roles/supervisor/files" / f"{SHIM_MODULE}.py"
+SHIM_FILE = Path(__file__).resolve().parents[1] / "roles/supervisor/files" / f"{SHIM_MODULE}.py"
 
 # Only the harness runs the RI ping component (mpcom), so only the harness needs this fix;
 # appliances run no RI component. It uses the role shim's after_import hook.
@@ -138,6 +149,12 @@ if request["action"] == "capabilities":
     reply = {
         label: json.loads(mplane.model.unparse_json(client.capability_for(label)))
         for label in client.capability_labels()
+    }
+elif request["action"] == "capabilities_by_token":
+    # Several components may offer the same label (every probe's ping-average-ip4).
+    reply = {
+        token: json.loads(mplane.model.unparse_json(client.capability_for(token)))
+        for token in client.capability_tokens()
     }
 else:
     if request["capability"] is not None:
@@ -236,7 +253,7 @@ def default_cache_dir() -> Path:
     configured = os.environ.get("PROBEFORGE_RI_CACHE")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / ".cache" / "mplane-ri"
+    return Path(__file__).resolve().parents[1] / ".cache" / "mplane-ri"
 
 
 def ri_python(venv: Path) -> Path:
@@ -283,9 +300,25 @@ def ri_venv(cache_dir: Path) -> Path:
         return venv
 
 
+def _supervisor_artifacts() -> Path:
+    """The directory of the artifact cache holding the RI's pinned files, verified, fetched
+    from upstream (PyPI) first for whatever is missing."""
+    cache = Cache(resolve_cache_dir())
+    wanted = load_manifest().group("supervisor")
+    try:
+        fetched = fetch(cache, wanted, resolve_mirrors([]))
+    except ArtifactError as exc:
+        raise RIError(f"the mPlane RI's files are not in the artifact cache {cache.directory} "
+                      f"and could not be fetched ({exc}): run `probeforge-artifacts fetch "
+                      "--group supervisor` where PyPI is reachable, or copy them in") from exc
+    return fetched[0].path.parent
+
+
 def _build_venv(python: str, target: Path) -> None:
     subprocess.run([python, "-m", "venv", str(target)], check=True)
     venv_python = str(ri_python(target))
+    # Offline from the verified cache: what runs is what the manifest pins (mplane-sdk is an
+    # sdist; the cache also holds the setuptools and wheel its build needs).
     subprocess.run(
         [
             venv_python,
@@ -295,6 +328,9 @@ def _build_venv(python: str, target: Path) -> None:
             "--quiet",
             "--disable-pip-version-check",
             "--no-input",
+            "--no-index",
+            "--find-links",
+            str(_supervisor_artifacts()),
             *RI_REQUIREMENTS,
         ],
         check=True,
@@ -763,6 +799,25 @@ def fetch_capabilities(
     return reply
 
 
+def capabilities_by_token(
+    venv: Path,
+    url: str,
+    *,
+    tls: TLSFiles | None = None,
+    timeout: float = 30.0,
+    registry_preload: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every capability the client identity may see at ``url``, by token (labels repeat when
+    several components offer the same measurement), as JSON."""
+    reply: dict[str, dict[str, Any]] = _run_client(
+        venv,
+        {"action": "capabilities_by_token", "url": url, "tls": tls,
+         "registry_preload": registry_preload},
+        timeout,
+    )
+    return reply
+
+
 def list_capabilities(
     venv: Path,
     url: str,
@@ -790,7 +845,7 @@ def run_specification(
     poll_interval: float = 1.0,
     registry_preload: Path | None = None,
 ) -> dict[str, Any]:
-    """Run capability ``label`` through the supervisor at ``url``; return the
+    """Run capability ``label`` (or token) through the supervisor at ``url``; return the
     final message as JSON: a result (``"result"`` key) or an exception
     (``"exception"`` and ``"message"`` keys, e.g. an authorization refusal).
 

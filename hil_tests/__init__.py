@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Hardware-in-the-loop tests: one suite for emulated and real MiniProbes (README there)."""
