@@ -217,15 +217,20 @@ def target(hil_env: HilEnv, target_name: str, request: pytest.FixtureRequest) ->
     return found
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    name = report.nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in report.nodeid else None
-    if name is None or (report.when != "call" and not report.failed and not report.skipped):
-        return
-    _results.setdefault(name, []).append({
-        "test": report.nodeid.split("::", 1)[-1], "phase": report.when,
-        "outcome": report.outcome, "seconds": round(report.duration, 2),
-        **({"detail": str(report.longrepr)[-2000:]} if report.failed else {}),
-    })
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    callspec = getattr(item, "callspec", None)
+    name = callspec.params.get("target_name") if callspec else None
+    if name is not None and (report.when == "call" or report.failed or report.skipped):
+        _results.setdefault(name, []).append({
+            "test": item.name, "phase": report.when, "outcome": report.outcome,
+            "seconds": round(report.duration, 2),
+            **({"detail": str(report.longrepr)[-2000:]} if report.failed or report.skipped
+               else {}),
+        })
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -5,6 +5,7 @@ delivered, once, when a supervisor is back. Only where the suite may stop the su
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 
@@ -39,16 +40,23 @@ def test_result_made_during_an_outage_is_delivered_once(target, hil_env):
     def submit() -> None:
         # The client's wait for the result dies with the supervisor: that is the point.
         with contextlib.suppress(RIError):
-            hil_env.run(token, params, "now + 1s ... + 20s / 1s", timeout=60)
+            hil_env.run(token, params, "now + 20s / 1s", timeout=60)
 
+    accepted = re.compile(r"accepted ping-detail-ip4-\d+ \(token (\w+)")
+    seen = set(accepted.findall(_log(target)))
     client = threading.Thread(target=submit, daemon=True)
     client.start()
-    _wait(lambda: "accepted ping-detail-ip4" in _log(target), 60, "the probe took no "
-          "specification", target)
+    new: list[str] = []
+
+    def taken() -> bool:
+        new[:] = [t for t in accepted.findall(_log(target)) if t not in seen]
+        return bool(new)
+
+    _wait(taken, 60, "the probe took no specification", target)
     testbed.stop_supervisor()
     try:
-        _wait(lambda: "ping-detail-ip4): " in _log(target).split("accepted ping-detail-ip4")[-1],
-              90, "the measurement did not end", target)
+        _wait(lambda: f"job {new[0]} (" in _log(target), 90, "the measurement did not end",
+              target)
         spooled = target.ssh.run("ls /var/lib/probe-daemon/spool").stdout.split()
         assert spooled, "the result should wait in the spool while the supervisor is away"
     finally:

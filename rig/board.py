@@ -148,6 +148,31 @@ class EmulatedBoard:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
 
+    def power_cut(self, timeout: float = 20.0) -> int | None:
+        """Pull the plug: SIGKILL to QEMU's PID, so the guest gets no chance to sync or shut
+        down (what it still held in its page cache never reaches the flash, as in a real
+        power cut), and end the board: no reboot follows. Power on again with a new board on
+        the same flash. Returns the PID killed, None when no QEMU ran (between two
+        power-ons)."""
+        # Stopping first: the thread must not take QEMU's end for a guest reboot or an error.
+        self._stopping.set()
+        process = self._process
+        killed = None
+        if process is not None and process.poll() is None:
+            self._say("power cut: SIGKILL to QEMU")
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+                killed = process.pid
+            except ProcessLookupError:
+                pass
+            process.wait(timeout)
+        self.stop(timeout)
+        with self._lock:
+            ended = self._state.finished
+        if not ended:  # the thread returned without a word: the board is off, no error
+            self._finish(None)
+        return killed
+
     def __enter__(self) -> EmulatedBoard:
         return self.start()
 

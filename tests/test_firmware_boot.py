@@ -6,12 +6,16 @@ programmed with rig.flash.install_image: the real shared base (firmware.rootfs.b
 cached in ``.cache/firmware-test``), the initramfs of firmware/initramfs.py and a small host
 layer carrying a test SSH key. The tests run in order on the same board: first boot, a
 reboot that keeps a file, a refused image, and a real sysupgrade inside the guest to a second
-image that the bootloader then boots. QEMU is always stopped by its PID.
+image that the bootloader then boots. The power-cut test powers its own boards on a flash of
+its own: QEMU killed (EmulatedBoard.power_cut) in the middle of an in-guest sysupgrade, then
+powered on again. QEMU is always stopped by its PID.
 """
 
+import contextlib
 import gzip
 import hashlib
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.image import read_header, write_image
+from firmware.image import ImageError, read_header, write_image
 from firmware.initramfs import BOOT_MODULES, build_initramfs
 from firmware.recipe import load_recipe
 from firmware.rootfs import Base, build_base
@@ -33,6 +37,8 @@ from rig.flash import (
     install_image,
     read_bootenv,
     read_layout,
+    read_settings,
+    verify_slot,
     write_bootenv,
 )
 
@@ -255,6 +261,144 @@ def test_bootloader_falls_back_and_leaves_the_overlay(board):
     assert "pf.slot=a " in board.ssh("cat /proc/cmdline").stdout
     assert board.ssh("cat /etc/mplane/probe.conf").stdout == "changed on the device\n"
     assert read_bootenv(board.flash).pending == Pending(), "left for the slot it names"
+
+
+# A sysupgrade step hook (docs/firmware.md, "sysupgrade") for the power-cut test: before the
+# step named in /tmp/pf-cut-at it says where it is and blocks, holding the upgrade at that
+# exact point until the test cuts QEMU's power. /tmp is a RAM disk, so after the cut the hook
+# (kept on the overlay) no longer stops anything.
+CUT_HOOK = """\
+PF_UPGRADE_HOOKS="$PF_UPGRADE_HOOKS pf_test_cut"
+pf_test_cut() {
+	[ "$1" = "$(cat /tmp/pf-cut-at 2>/dev/null)" ] || return 0
+	echo "$1" >/tmp/pf-cut-here
+	sleep 600
+}
+"""
+
+
+def wait_until_cut_point(device: EmulatedBoard, step: str, timeout: float = 180) -> None:
+    """Wait until the in-guest sysupgrade sits in CUT_HOOK before ``step``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # One SSH round trip a poll: each costs a key exchange on the emulated CPU.
+        here, _, log = device.ssh("cat /tmp/pf-cut-here; echo ---; cat /tmp/sysupgrade.log",
+                                  check=False).stdout.partition("---\n")
+        if here == f"{step}\n":
+            return
+        # An upgrade that ended (refused the image, failed) will not reach the hook.
+        assert "\nexit " not in f"\n{log}", f"sysupgrade ended before step {step}: {log}"
+        assert time.monotonic() < deadline, (
+            f"sysupgrade did not reach step {step} within {timeout:.0f} s: {log}")
+        time.sleep(0.5)
+
+
+def test_power_cut_during_sysupgrade_keeps_the_old_firmware(firmware, tmp_path):
+    """Killing QEMU in the middle of an in-guest sysupgrade leaves a device that boots the
+    old firmware with its overlay, and the upgrade then goes through. The power is cut twice,
+    on the same flash: halfway through writing the new slot (step write-rest), and when the
+    new image is in the slot, read back, and the settings archive is stored, just before the
+    one write that switches the boot environment (step switch)."""
+    flash = tmp_path / "flash.img"
+    create_flash(flash)
+    install_image(flash, firmware.images["v1"], board=BOARD)
+    old, new = (read_header(firmware.images[name]) for name in ("v1", "v2"))
+    assert old.build != new.build
+    image = firmware.images["v2"].read_bytes()
+    # Where sysupgrade splits its write (the write-rest step), computed as the script does.
+    half = len(image) // 2 // 65536 * 65536
+    layout = read_layout(flash)
+    log = tmp_path / "console.log"
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    with contextlib.ExitStack() as stack:
+
+        def power_on(number: int) -> tuple[EmulatedBoard, str]:
+            """A new board on the flash; it must boot the old firmware. Returns it and the
+            guest's command line, release file and /root/persist (if any)."""
+            device = EmulatedBoard(flash, tmp_path / f"rig-{number}", ssh_port=free_port(),
+                                   console_log=log, ssh_key=firmware.key)
+            stack.callback(device.stop)  # QEMU is stopped by its PID whatever happens
+            mark = time.monotonic()
+            device.start(timeout=180)
+            device.wait_ssh(timeout=180)
+            timings[f"power-on {number} to SSH"] = time.monotonic() - mark
+            boot = device.boots[0]
+            assert (boot.slot, boot.fallback, boot.header.build) == ("a", False, old.build), \
+                "the bootloader must boot the old firmware"
+            state = device.ssh("cat /proc/cmdline /etc/probeforge-release; "
+                               "cat /root/persist 2>/dev/null || true").stdout
+            assert "pf.slot=a " in state and f"version={old.version}\n" in state, state
+            return device, state
+
+        device, _ = power_on(1)
+        # A file of the device's own (must survive the cuts), a changed kept file (must come
+        # through the final upgrade), the hook; the image on the overlay, so that one copy
+        # over SSH serves every attempt. All synced: a power cut loses what is not.
+        device.ssh("cat > /lib/upgrade/zz-test-cut.sh && echo kept > /root/persist && "
+                   "mkdir -p /etc/mplane && echo 'changed on the device' > "
+                   "/etc/mplane/probe.conf", stdin=CUT_HOOK.encode())
+        mark = time.monotonic()
+        device.put(firmware.images["v2"], "/root/v2.bin")
+        device.ssh("sync")
+        timings["image copy over SSH"] = time.monotonic() - mark
+        env = read_bootenv(flash)
+        assert (env.active, env.pending) == ("a", None)
+
+        for number, step in enumerate(("write-rest", "switch"), start=2):
+            mark = time.monotonic()
+            # In the background, out of the SSH session, which must return at once.
+            device.ssh(f"echo {step} > /tmp/pf-cut-at && setsid sh -c 'sysupgrade -v "
+                       "/root/v2.bin; echo \"exit $?\"' </dev/null >/tmp/sysupgrade.log 2>&1 &")
+            wait_until_cut_point(device, step)
+            timings[f"sysupgrade to {step}"] = time.monotonic() - mark
+            pid, boots = device.pid, device.boot_count
+            assert pid is not None
+            assert device.power_cut() == pid
+            assert not device.running and device.pid is None and device.error is None
+            assert device.boot_count == boots, "a power cut is not a reboot"
+            assert device.boots[-1].returncode == -signal.SIGKILL
+
+            # What the cut left on the flash: the new slot as far as sysupgrade got, and the
+            # boot environment untouched (the old firmware stays active, nothing pending).
+            assert read_bootenv(flash) == env
+            with flash.open("rb") as disk:
+                disk.seek(layout.slot_b.start)
+                slot_b = disk.read(len(image))
+            if step == "write-rest":
+                assert slot_b[:half] == image[:half], "the first half was written and flushed"
+                assert slot_b[half:] == bytes(len(image) - half), "the rest was not started"
+                with pytest.raises(ImageError):
+                    verify_slot(flash, "b")
+            else:
+                assert slot_b == image
+                assert verify_slot(flash, "b", board=BOARD).build == new.build
+                assert read_settings(flash) is None, "stored, but no environment names it"
+
+            device, state = power_on(number)
+            assert state.endswith("\nkept\n"), f"the overlay must be intact: {state}"
+
+        # The same upgrade, not cut short, lands: the device comes back on the new firmware.
+        mark = time.monotonic()
+        done = device.ssh("rm /lib/upgrade/zz-test-cut.sh && sysupgrade -v /root/v2.bin",
+                          check=False, timeout=300)
+        assert f"sysupgrade: slot b holds version {new.version}" in done.stdout, done.stderr
+        boot = device.wait_boot(2, timeout=180)
+        device.wait_ssh(timeout=180)
+        timings["full sysupgrade round trip"] = time.monotonic() - mark
+        assert (boot.slot, boot.fallback, boot.header.build) == ("b", False, new.build)
+        state = device.ssh("cat /proc/cmdline /etc/probeforge-release /etc/mplane/probe.conf; "
+                           "ls /root").stdout
+        assert "pf.slot=b " in state and f"version={new.version}\n" in state, state
+        assert "changed on the device\n" in state, "kept settings come through"
+        assert "persist" not in state, "the overlay starts afresh after an upgrade"
+        after = read_bootenv(flash)
+        assert (after.active, after.pending, after.seq) == ("b", None, env.seq + 2)
+    timings["power-cut test"] = time.monotonic() - started
+    TIMINGS.update({f"power cut: {k}": v for k, v in timings.items()})
+    print(f"\npower-cut test, console log {log}: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
 
 def test_initramfs_failure_is_one_line_and_a_shell(firmware, tmp_path):
