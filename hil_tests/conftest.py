@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hil_tests.targets import HilTarget, load_targets
 from probe_daemon.registry import declared_elements, registry_json
@@ -39,6 +37,7 @@ from rig.mplane_ri import (
     run_specification,
 )
 from rig.testbed import Testbed, device_of
+from tests.support.rig_inventory import rig_inventory_copy
 
 REPO = Path(__file__).resolve().parents[1]
 RIG_INVENTORY = REPO / "inventory" / "virtual-rig"
@@ -79,39 +78,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                             "miniprobes")
         wanted = _selected_hosts(metafunc.config)
         metafunc.parametrize("target_name", [n for n in names if not wanted or n in wanted])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rig_inventory_copy(directory: Path) -> Path:
-    """inventory/virtual-rig with its own PKI passphrase, free ports and build directory, so
-    that the tests never touch a rig the developer runs."""
-    inventory = directory / "virtual-rig"
-    shutil.copytree(RIG_INVENTORY, inventory, ignore=shutil.ignore_patterns(".state"))
-    # host_vars outrank the copied group_vars, so every host gets the overrides.
-    common = {
-        "pki_ca_passphrase_file": str(directory / "ca.passphrase"),
-        "firmware_output_dir": str(directory / "build"),
-        "rig_dns_port": _free_port(),
-    }
-    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["all"]["children"]
-    per_host: dict[str, dict[str, Any]] = {}
-    for name in hosts["supervisors"]["hosts"]:
-        per_host[name] = {"mplane_supervisor_client_port": _free_port(),
-                          "mplane_supervisor_component_port": _free_port()}
-    for name in hosts["probes"]["children"]["miniprobes"]["hosts"]:
-        per_host[name] = {"ansible_port": _free_port(), "rig_console_port": _free_port()}
-    for name in hosts["clients"]["hosts"]:
-        per_host[name] = {}
-    host_vars = inventory / "host_vars"
-    host_vars.mkdir(exist_ok=True)
-    for name, variables in per_host.items():
-        (host_vars / f"{name}.yml").write_text(yaml.safe_dump({**common, **variables}))
-    return inventory
 
 
 @dataclass
