@@ -419,7 +419,8 @@ test_kill() {{
 """
 
 
-@pytest.mark.parametrize("step", ["check", "pack", "write", "verify", "settings", "switch"])
+@pytest.mark.parametrize("step", ["check", "pack", "write", "write-rest", "verify", "settings",
+                                  "switch"])
 def test_killed_sysupgrade_leaves_the_old_firmware_active(applets, device, step):
     before = snapshot(device.flash)
     hook = device.root / "lib" / "upgrade" / "test-kill.sh"
