@@ -27,3 +27,4 @@ test: $(PY)
 bench: $(PY)
 	$(PY) bench/pki_issue.py --write docs/benchmarks.md
 	$(PY) bench/probe_daemon.py --write docs/benchmarks.md
+	$(PY) bench/firmware.py --write docs/benchmarks.md --compare-mmdebstrap

@@ -160,8 +160,10 @@ def results() -> bench.Results:
     r.warm = [bench.Build(30.0, 1.4, True, True), bench.Build(31.0, 1.2, True, True)]
     r.reuse = [bench.Build(0.9, 1.1, False, False)] * 2
     r.sequential = [1.1, 1.2, 1.3, 1.0, 1.1, 1.2]
-    r.one = [bench.PlaybookRun(1, 20.0, 3.0, calls[:2])] * 2
-    r.every = [bench.PlaybookRun(3, 26.0, 4.5, calls)] * 2
+    r.one = [bench.PlaybookRun(1, 20.0, 3.0, calls[:2], {"firmware : Render": 2.0,
+                                                          "pki : Sync": 1.5})] * 2
+    r.every = [bench.PlaybookRun(3, 26.0, 4.5, calls, {"firmware : Render": 5.0,
+                                                        "pki : Sync": 1.5})] * 2
     r.parts = [("kernel", 6_000_000), ("initramfs", 7_000_000), ("rootfs", 15_000_000),
                ("host", 8192)]
     r.image_bytes = 28_040_000
@@ -170,9 +172,11 @@ def results() -> bench.Results:
     r.packages, r.kernel, r.omitted = 39, "6.1.0-50-4kc-malta", ["tstat"]
     r.boots = [bench.BootRun(20.0, 35.0, 2.0, {"kernel console up": 2.0}),
                bench.BootRun(22.0, 37.0, 2.2, {"kernel console up": 2.1})]
-    r.memory = bench.Memory(_sample(13000, 100, 100.0), _sample(13000, 100, 100.0),
-                            _sample(13000, 103, 130.0), _sample(13500, 200, 200.0),
-                            [11.0, 12.0], 217)
+    r.memory = bench.Memory(_sample(13000, 3000, 100.0),
+                            (_sample(13000, 3000, 100.0), _sample(13000, 3003, 130.0)),
+                            _sample(13500, 3100, 200.0),
+                            (_sample(13500, 3100, 200.0), _sample(13500, 3160, 230.0)),
+                            [11.0, 12.0], 217, 15.0)
     r.mmdebstrap = bench.Mmdebstrap([270.0], ["mmdebstrap", "--arch=mipsel", "DIR"], 90,
                                     200 * 2**20, "mmdebstrap 1.3.5")
     r.loads = {"start": (0.5, 0.4, 0.3), "end": (1.0, 0.9, 0.8)}
@@ -189,6 +193,29 @@ def test_derived_figures():
     assert r.builder_per_extra_host == [0.75, 0.75]
     assert r.every[0].image_calls == [2.0, 2.0, 2.5]
     assert r.memory is not None and r.memory.idle_percent == pytest.approx(0.1)
+    assert r.memory.idle_later_percent == pytest.approx(2.0)
+    assert (r.memory.startup_cpu, r.memory.age) == (30.0, 85.0)
+    assert bench.task_growth(r.one, r.every) == [("firmware : Render", 5.0, 1.5),
+                                                 ("pki : Sync", 1.5, 0.0)]
+
+
+def test_parse_task_profile_reads_the_recap_only():
+    text = """\
+TASK [firmware : Render] ****************************** 0:00:01.000 ---- 4.78s
+PLAY RECAP ****
+probe-01 : ok=15 changed=10
+TASKS RECAP ********************************************************************
+Sunday 22 November 2026  05:00:07 +0000 (0:00:00.119)       0:00:20.013 *******
+===============================================================================
+firmware : Ensure the overlay's files are rendered from the templates --- 4.78s
+probe_daemon : Ensure the overlay's probe.conf matches the inventory ---- 1.39s
+Render the host's probe daemon configuration and credentials into its overlay --- 0.05s
+"""
+    assert bench.parse_task_profile(text) == {
+        "firmware : Ensure the overlay's files are rendered from the templates": 4.78,
+        "probe_daemon : Ensure the overlay's probe.conf matches the inventory": 1.39,
+        "Render the host's probe daemon configuration and credentials into its overlay": 0.05}
+    assert bench.parse_task_profile("no recap") == {}
 
 
 def test_section_has_every_table_budget_and_ratio():
@@ -210,7 +237,12 @@ def test_section_has_every_table_budget_and_ratio():
     assert "| ≤ 60 s | within budget |" in row("| power-on → registered")
     assert row("| power-on → SSH").startswith("| power-on → SSH runs a command | 21.00 |")
     assert "| 12.7 | — | 1 | ≤ 16 MB RSS | within budget |" in row("| VmRSS after registration")
-    assert "| 0.100 |" in row("| idle CPU over 30 s")
+    assert "| 0.100 |" in row("| idle CPU over 30 s right after registration")
+    assert "| 2.000 |" in row("| idle CPU over 30 s after the 2 ping")
+    prose = " ".join(text.split())  # paragraphs are re-wrapped
+    assert "`firmware : Render` 5.0 s (+1.50 s a host)" in prose
+    assert "run for 85 s and used 30.0 s of CPU" in prose
+    assert "6 polls in a window, 0.10 s of CPU per poll" in prose
     assert row("| host | 8,192 |")
     assert row("| whole file")
     assert "**6.4x**" in text  # mmdebstrap 270 s against the cold base's median 42 s
