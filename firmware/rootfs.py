@@ -971,7 +971,6 @@ def _system_files(tree: Path, recipe: Recipe, board: Board, components: list[str
 
     # sysupgrade refuses an image whose header names another board than this file.
     write("etc/board", f"{board.name}\n")
-    write("etc/probeforge_version", f"{recipe.version}\n")
     if not (etc / "hostname").is_file():
         write("etc/hostname", f"{DEFAULT_HOSTNAME}\n")
     for rel, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777),

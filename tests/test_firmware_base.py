@@ -464,7 +464,8 @@ def test_no_secret_and_no_host_data_in_the_shared_base(base):
     assert not list((tree / "etc/mplane/certs").iterdir())
     assert (tree / "etc/hostname").read_text() == "miniprobe\n"
     assert (tree / "etc/board").read_text() == f"{BOARD}\n"
-    assert (tree / "etc/probeforge_version").read_text() == "2026.11.0\n"
+    # Version and build are the host layer's (/etc/probeforge-release), not the base's.
+    assert not (tree / "etc/probeforge_version").exists()
     assert not list((tree / "etc/uci-defaults").iterdir())
 
 
