@@ -33,16 +33,13 @@ from types import TracebackType
 from firmware.image import ImageHeader, extract_part
 from rig import RigError
 from rig.flash import FlashError, active_image, read_bootenv, read_layout
+from rig.ssh import SshEndpoint
 
 QEMU = "qemu-system-mipsel"
 # A guest that reboots this many times in a row, each time within QUICK_BOOT_S of power-on
 # (a healthy one needs ~8 s to reach SSH), is in a boot loop: the board stops.
 MAX_QUICK_REBOOTS = 10
 QUICK_BOOT_S = 5.0
-_SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5",
-                "-o", "ServerAliveCountMax=3")
 
 
 @dataclass
@@ -218,35 +215,24 @@ class EmulatedBoard:
                 self._lock.wait(min(left, 1.0))
             return self._state.boots[count - 1]
 
-    def ssh_command(self, command: str) -> list[str]:
+    @property
+    def endpoint(self) -> SshEndpoint:
         if self.ssh_key is None:
             raise RigError("this board has no ssh_key: pass the private key whose public half "
                            "is in the image's /etc/dropbear/authorized_keys")
-        return ["ssh", *_SSH_OPTIONS, "-i", str(self.ssh_key), "-p", str(self.ssh_port),
-                "root@127.0.0.1", command]
+        return SshEndpoint("127.0.0.1", self.ssh_port, self.ssh_key)
+
+    def ssh_command(self, command: str) -> list[str]:
+        return self.endpoint.command(command)
 
     def ssh(self, command: str, *, timeout: float = 120, check: bool = True,
             stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``command`` in the guest's shell; RigError when it fails and ``check``."""
-        try:
-            result = subprocess.run(self.ssh_command(command), input=stdin,
-                                    capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RigError(f"ssh {command!r} to the board on port {self.ssh_port} took more "
-                           f"than {timeout:.0f} s") from None
-        done = subprocess.CompletedProcess(result.args, result.returncode,
-                                           result.stdout.decode(errors="replace"),
-                                           result.stderr.decode(errors="replace"))
-        if check and done.returncode != 0:
-            raise RigError(f"ssh {command!r} on the board on port {self.ssh_port} exited "
-                           f"{done.returncode}: {(done.stderr or done.stdout).strip()[-500:]}")
-        return done
+        return self.endpoint.run(command, timeout=timeout, check=check, stdin=stdin)
 
     def put(self, local: Path, remote: str, *, timeout: float = 300) -> None:
         """Copy a file into the guest (dropbear has no sftp server; ``cat`` does)."""
-        quoted = "'" + remote.replace("'", "'\\''") + "'"
-        self.ssh(f"cat > {quoted}.part && mv {quoted}.part {quoted}",
-                 stdin=local.read_bytes(), timeout=timeout)
+        self.endpoint.put(local, remote, timeout=timeout)
 
     def wait_ssh(self, timeout: float = 120) -> float:
         """Wait until the guest's SSH server runs a command (an open forwarded port proves
