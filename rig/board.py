@@ -144,6 +144,10 @@ class EmulatedBoard:
         if self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+        with self._lock:
+            ended = self._state.finished
+        if not ended:  # the thread returned without a word: the board is off, no error
+            self._finish(None)
 
     def power_cut(self, timeout: float = 20.0) -> int | None:
         """Pull the plug: SIGKILL to QEMU's PID, so the guest gets no chance to sync or shut
@@ -164,10 +168,6 @@ class EmulatedBoard:
                 pass
             process.wait(timeout)
         self.stop(timeout)
-        with self._lock:
-            ended = self._state.finished
-        if not ended:  # the thread returned without a word: the board is off, no error
-            self._finish(None)
         return killed
 
     def __enter__(self) -> EmulatedBoard:
@@ -239,19 +239,17 @@ class EmulatedBoard:
         nothing: QEMU accepts before the guest listens); return the seconds waited."""
         start = time.monotonic()
         deadline = start + timeout
-        command = self.ssh_command("true")
+        endpoint = self.endpoint
         while True:
             with self._lock:
                 self._raise_if_finished()
-            try:
-                probe = subprocess.run(command, capture_output=True, timeout=20)
-                if probe.returncode == 0:
-                    return time.monotonic() - start
-            except subprocess.TimeoutExpired:
-                pass
+            failure = endpoint.failure(timeout=20)
+            if failure is None:
+                return time.monotonic() - start
             if time.monotonic() > deadline:
-                raise RigError(f"no SSH on port {self.ssh_port} within {timeout:.0f} s "
-                               f"(console: {self.console_log}){self._console_tail()}")
+                raise RigError(f"no SSH on port {self.ssh_port} within {timeout:.0f} s, last "
+                               f"try: {failure}; {endpoint.banner()} (console: "
+                               f"{self.console_log}){self._console_tail()}")
             time.sleep(1.0)
 
     # --- the bootloader -------------------------------------------------------------------
@@ -310,8 +308,13 @@ class EmulatedBoard:
         return Path(self._socket_dir) / "qmp.sock"
 
     def _say(self, line: str) -> None:
-        with self.console_log.open("a") as log:
-            log.write(f"[rig] {line}\n")
+        with self.console_log.open("a+b") as log:
+            # The guest's last words often lack a newline ("Please press Enter…").
+            start = b""
+            if log.tell() > 0:
+                log.seek(-1, os.SEEK_END)
+                start = b"" if log.read(1) == b"\n" else b"\n"
+            log.write(start + f"[rig] {line}\n".encode())
 
     def _console_tail(self, lines: int = 15) -> str:
         try:

@@ -9,6 +9,7 @@ through the supervisor.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,29 @@ class SshEndpoint:
             raise RigError(f"copying {local} to {self.host}:{remote} failed: "
                            f"{result.stderr.decode(errors='replace').strip()[-500:]}")
 
-    def reachable(self, timeout: float = 20) -> bool:
+    def failure(self, timeout: float = 20) -> str | None:
+        """None when a command runs on the device now, else why not (ssh's own words, or
+        what the port answered: an open port proves little, QEMU accepts before the guest
+        listens)."""
         try:
-            return subprocess.run(self.command("true"), capture_output=True,
-                                  timeout=timeout).returncode == 0
+            result = subprocess.run(self.command("true"), capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return False
+            return f"ssh took more than {timeout:.0f} s ({self.banner()})"
+        if result.returncode == 0:
+            return None
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        return f"ssh exited {result.returncode}: {said[-1] if said else 'no message'}"
+
+    def banner(self, timeout: float = 5) -> str:
+        """What the port says first: an SSH banner, nothing, or a refusal."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                first = sock.recv(256)
+        except TimeoutError:
+            return f"the port accepted but sent no banner within {timeout:g} s"
+        except OSError as exc:
+            return f"the port: {exc.strerror or exc}"
+        if not first:
+            return "the port accepted and closed at once"
+        return f"banner {first.splitlines()[0].decode(errors='replace')!r}"

@@ -30,6 +30,7 @@ from firmware.initramfs import BOOT_MODULES, build_initramfs
 from firmware.recipe import load_recipe
 from firmware.rootfs import Base, build_base
 from firmware.squashfs import make_squashfs
+from rig import RigError
 from rig.board import EmulatedBoard
 from rig.flash import (
     Pending,
@@ -167,6 +168,8 @@ def board(firmware, tmp_path_factory):
     finally:
         device.stop()
         assert device.pid is None
+        with pytest.raises(RigError, match="stopped: the board is off"):
+            device.wait_ssh(timeout=1)  # at once, not after the timeout
         print(f"\nconsole log: {device.console_log}; timings: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
 

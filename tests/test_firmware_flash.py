@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,6 +449,47 @@ def test_killed_while_writing_the_slot(applets, device):
     assert snapshot(device.flash) == before
     with pytest.raises(ImageError, match="hash mismatch"):
         verify_slot(device.flash, "b")
+
+
+HOLD_HOOK = """\
+PF_UPGRADE_HOOKS="$PF_UPGRADE_HOOKS test_hold"
+test_hold() {
+	[ "$1" = write ] || return 0
+	: >"$TMPDIR/held"
+	while [ ! -e "$TMPDIR/release" ]; do sleep 0.1; done
+}
+"""
+
+
+def test_a_second_sysupgrade_waits_for_none_and_changes_nothing(applets, device):
+    """Two upgrades at once: the second is refused before it touches the flash, naming the
+    first; the first then finishes, and the lock goes with it."""
+    (device.root / "lib" / "upgrade" / "test-hold.sh").write_text(HOLD_HOOK)
+    command = [shutil.which("busybox") or "busybox", "sh", str(SYSUPGRADE),
+               str(device.images["v2"])]
+    first = subprocess.Popen(command, env={"PATH": str(applets), **device.env()},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (device.tmp / "held").exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first upgrade never reached step write"
+            time.sleep(0.1)
+        before = snapshot(device.flash)
+        second = sysupgrade(applets, device, str(device.images["v2"]))
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert f"another sysupgrade is running (pid {first.pid})" in second.stderr
+        assert snapshot(device.flash) == before
+        (device.tmp / "release").touch()
+        _, errors = first.communicate(timeout=120)
+        assert first.returncode == 0, errors
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert active_image(device.flash)[0] == "b"
+    assert not (device.tmp / "sysupgrade.lock").exists()
 
 
 def test_upgrade_hook_can_refuse(applets, device):
