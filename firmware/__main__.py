@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """``python -m firmware``: build a board's base, build a host's image, check an image.
 
-The firmware role calls ``base`` and ``image`` with ``--json``; operators use ``verify`` on
-an image before flashing it by hand.
+The firmware role calls ``base`` once and ``image`` once per host with ``--json``, the host's
+overlay description (``probeforge-overlay 1``) on stdin; operators use ``verify`` on an image
+before flashing it by hand.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from firmware import FirmwareError
 from firmware.build import base_only, build_host_image
 from firmware.image import verify_image
+from firmware.overlay import write_overlay
 from firmware.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     image = commands.choices["image"]
     image.add_argument("--host", required=True, help="the inventory host")
     image.add_argument("--overlay", required=True, type=Path,
-                       help="the host's rendered overlay (roles/firmware renders it)")
+                       help="the host's overlay directory (written from --overlay-spec, "
+                            "else used as it is)")
+    image.add_argument("--overlay-spec", metavar="JSON",
+                       help="write the overlay first from this overlay description "
+                            "(probeforge-overlay 1, roles/firmware renders it; - for stdin)")
+    image.add_argument("--base", metavar="KEY",
+                       help="build on this cached base (the key `base --json` printed) "
+                            "instead of resolving the board's base again")
     image.add_argument("--out", required=True, type=Path,
                        help="output directory, build/<inventory>/<host>")
     verify = commands.add_parser("verify", help="check an image: format, hashes, board")
@@ -59,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress(json_output: bool) -> Callable[[str], None]:
     # Progress goes to stderr so that --json output stays one object on stdout.
     return lambda line: print(line, file=sys.stderr if json_output else sys.stdout, flush=True)
+
+
+def _read_spec(source: str) -> Any:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        return json.loads(text)
+    except OSError as exc:
+        raise FirmwareError(f"overlay description {source}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise FirmwareError(f"overlay description {source}: not JSON ({exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             summary = {"changed": changed, "key": images.base.key,
                        "omitted": images.base.omitted}
         else:
+            overlay_changed = False
+            if args.overlay_spec is not None:
+                overlay_changed = write_overlay(_read_spec(args.overlay_spec),
+                                                args.overlay.resolve())
             built = build_host_image(recipe, args.board, args.host, args.overlay.resolve(),
                                      args.out.resolve(), cache=args.cache.resolve(),
-                                     progress=progress)
-            summary = {"changed": built.changed, "image": str(built.image),
-                       "build": built.build}
+                                     base_key=args.base, progress=progress)
+            summary = {"changed": built.changed or overlay_changed,
+                       "image": str(built.image), "build": built.build}
     except FirmwareError as exc:
         print(f"firmware: error: {exc}", file=sys.stderr)
         return 1

@@ -699,7 +699,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _load(directory: Path) -> Base | None:
+def load_base(directory: Path) -> Base | None:
     record_path = directory / "base.json"
     if not record_path.is_file():
         return None
@@ -842,7 +842,7 @@ def build_base(recipe: Recipe, board_name: str, *, cache: Path = DEFAULT_CACHE,
     bases = cache / "base"
     final = bases / key
     with _locked(bases / ".lock"):
-        existing = _load(final)
+        existing = load_base(final)
         if existing is not None:
             # Recently used: the last bases to be dropped when the cache is trimmed.
             os.utime(final / "base.json")
@@ -863,7 +863,7 @@ def build_base(recipe: Recipe, board_name: str, *, cache: Path = DEFAULT_CACHE,
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
         _drop_old(bases, board.name, keep)
-    base = _load(final)
+    base = load_base(final)
     assert base is not None
     progress(f"base {key[:16]} of {board.name} ready in {time.monotonic() - started:.0f} s "
              f"({final})")

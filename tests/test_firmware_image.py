@@ -1,16 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
 """The image format ``probeforge-firmware 1``: round trip, determinism, and every kind of
-damage refused with a message that names it and the fix."""
+damage refused with a message that names it and the fix. The host's overlay as the builder
+writes it from its description (``probeforge-overlay 1``), and the cached base a host's image
+is built on by key."""
 
 import hashlib
 import io
+import json
 import os
 import random
+import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from firmware import FirmwareError
+from firmware.build import cached_base_images
 from firmware.image import (
     ALIGN,
     HEADER_SIZE,
@@ -21,6 +29,7 @@ from firmware.image import (
     verify_image,
     write_image,
 )
+from firmware.overlay import SPEC_FORMAT, overlay_digest, write_overlay
 
 BOARD = "qemu-malta-mipsel"
 SIZES = {"kernel": 70_001, "initramfs": 12_288, "rootfs": 33_333, "host": 5}
@@ -220,3 +229,131 @@ def test_header_with_wrong_layout_is_refused(image, tmp_path):
     bad.write_bytes(new + data[HEADER_SIZE:])
     with pytest.raises(ImageError, match="part initramfs at 4096 is not 4096-aligned after"):
         read_header(bad)
+
+
+# -- the host's overlay, from its description ------------------------------------------------
+
+@pytest.fixture
+def bundle(tmp_path):
+    directory = tmp_path / "pki" / "probe-01"
+    directory.mkdir(parents=True)
+    for name, text in (("key.pem", "KEY of probe-01\n"), ("cert.pem", "CERT\n"),
+                       ("chain.pem", "CHAIN\n")):
+        (directory / name).write_text(text)
+    return directory
+
+
+def describe(bundle: Path, **content: str) -> dict:
+    return {"format": SPEC_FORMAT,
+            "content": {"etc/mplane/probe.conf": "[mplane]\n",
+                        "etc/uci-defaults/90-probeforge-hostname": "#!/bin/sh\n",
+                        "etc/dropbear/authorized_keys": "ssh-ed25519 AAAA rig\n", **content},
+            "source": {"etc/mplane/certs/probe.key": str(bundle / "key.pem"),
+                       "etc/mplane/certs/probe.crt": str(bundle / "cert.pem"),
+                       "etc/mplane/certs/ca.pem": str(bundle / "chain.pem")}}
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+def test_overlay_written_from_its_description(tmp_path, bundle):
+    overlay = tmp_path / "build" / ".overlay" / "probe-01"
+    assert write_overlay(describe(bundle), overlay) is True
+    assert (overlay / "etc/mplane/certs/probe.key").read_text() == "KEY of probe-01\n"
+    assert (overlay / "etc/mplane/probe.conf").read_text() == "[mplane]\n"
+    modes = _modes(overlay)
+    # The device contract's modes, whatever the controller's umask.
+    assert modes["."] == 0o700 and modes["etc/mplane/certs"] == 0o700
+    assert modes["etc/mplane/certs/probe.key"] == 0o600
+    assert modes["etc/dropbear"] == 0o700
+    assert modes["etc/uci-defaults/90-probeforge-hostname"] == 0o755
+    assert modes["etc/mplane/probe.conf"] == modes["etc/mplane/certs/ca.pem"] == 0o644
+    # No staging directory is left beside it.
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["probe-01"]
+
+
+def test_identical_description_rewrites_nothing(tmp_path, bundle):
+    overlay = tmp_path / "probe-01"
+    write_overlay(describe(bundle), overlay)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in overlay.rglob("*")}
+    assert write_overlay(describe(bundle), overlay) is False
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in overlay.rglob("*")} == before
+
+
+def test_changed_description_replaces_the_whole_overlay(tmp_path, bundle):
+    overlay = tmp_path / "probe-01"
+    write_overlay(describe(bundle, **{"etc/sysupgrade.conf": "/etc/old\n"}), overlay)
+    digest = overlay_digest(overlay)
+    (bundle / "key.pem").write_text("a rotated KEY\n")
+    assert write_overlay(describe(bundle), overlay) is True
+    # A file the description no longer names is gone; the new key is in.
+    assert not (overlay / "etc/sysupgrade.conf").exists()
+    assert (overlay / "etc/mplane/certs/probe.key").read_text() == "a rotated KEY\n"
+    assert overlay_digest(overlay) != digest
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "probeforge-overlay 2"}, "not 'probeforge-overlay 1'"),
+    ({"content": {"../etc/passwd": "x"}}, "not a relative path inside the overlay"),
+    ({"content": {"/etc/passwd": "x"}}, "not a relative path inside the overlay"),
+    ({"content": {"etc/mplane/probe.conf": 5}}, "is not text"),
+    ({"source": {"etc/mplane/certs/probe.key": "/nonexistent/key.pem"}},
+     "cannot read /nonexistent/key.pem"),
+    ({"content": {"etc/mplane/certs/probe.key": "x"}}, "both rendered and copied"),
+    ({"content": {"etc/mplane/probe.conf/x": "x"}}, "cannot write etc/mplane/probe.conf/x"),
+])
+def test_bad_description_is_refused_and_the_overlay_kept(tmp_path, bundle, change, message):
+    overlay = tmp_path / "build" / "probe-01"
+    write_overlay(describe(bundle), overlay)
+    before = overlay_digest(overlay)
+    spec = describe(bundle)
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(FirmwareError, match=re.escape(message)):
+        write_overlay(spec, overlay)
+    assert overlay_digest(overlay) == before
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["probe-01"]
+
+
+def test_overlay_without_the_key_is_refused(tmp_path, bundle):
+    spec = describe(bundle)
+    del spec["source"]["etc/mplane/certs/probe.key"]
+    with pytest.raises(FirmwareError, match=re.escape("lacks etc/mplane/certs/probe.key")):
+        write_overlay(spec, tmp_path / "build" / "probe-01")
+    assert list((tmp_path / "build").iterdir()) == []  # nothing, not even a staging directory
+
+
+def test_image_command_refuses_a_bad_description_on_stdin(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "firmware", "image", "--board", BOARD,
+                           "--host", "probe-01", "--overlay", str(tmp_path / "o"),
+                           "--overlay-spec", "-", "--out", str(tmp_path / "out"), "--json"],
+                          input="{not json", capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1
+    assert "overlay description -: not JSON" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cached_base_is_found_by_key_only(tmp_path):
+    key = "ab" * 32
+    with pytest.raises(FirmwareError, match=r"not in .*: build it with python -m firmware base"):
+        cached_base_images(BOARD, tmp_path, key)
+    with pytest.raises(FirmwareError, match="not a base key"):
+        cached_base_images(BOARD, tmp_path, "../" + key[3:])
+    base = tmp_path / "base" / key
+    (base / "tree").mkdir(parents=True)
+    (base / "rootfs.squashfs").write_bytes(b"rootfs")
+    (base / "vmlinux").write_bytes(b"kernel")
+    (base / "base.json").write_text(json.dumps({
+        "key": key, "board": "other-board", "version": "1", "kernel": "vmlinux",
+        "kernel_version": "6.1", "epoch": 0, "packages": [], "inputs": {}, "omitted": [],
+        "components": []}))
+    with pytest.raises(FirmwareError, match="not in"):  # no initramfs yet
+        cached_base_images(BOARD, tmp_path, key)
+    (tmp_path / "images" / key).mkdir(parents=True)
+    (tmp_path / "images" / key / "initramfs.cpio.gz").write_bytes(b"initramfs")
+    with pytest.raises(FirmwareError, match="is for board other-board"):
+        cached_base_images(BOARD, tmp_path, key)
+    assert cached_base_images("other-board", tmp_path, key).rootfs == base / "rootfs.squashfs"

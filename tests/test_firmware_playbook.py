@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """playbooks/rig.yml (SSH key, PKI, firmware) on a copy of the virtual rig with three
 emulated MiniProbes, for real: per host an image, manifest.json and SHA256SUMS; a second run
-changes nothing and rewrites nothing; a rebuild elsewhere is bit-identical; the shared parts
-carry no private key, and each image carries its own host's key and no other's."""
+changes nothing and rewrites nothing (outputs and overlays); a rebuild elsewhere is
+bit-identical; the shared parts carry no private key, and each image carries its own host's
+key and no other's; a bad variable stops the play before anything is built."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ PARTS = ("kernel", "initramfs", "rootfs", "host")
 PEM_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=\s]{64,}")
 
 
-def _playbook(inventory: Path, name: str) -> subprocess.CompletedProcess[str]:
+def _playbook(inventory: Path, name: str, *extra: str,
+              rc: int = 0) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
-                           str(inventory), str(REPO / "playbooks" / name)],
+                           str(inventory), str(REPO / "playbooks" / name), *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert done.returncode == rc, done.stdout[-6000:] + done.stderr[-2000:]
     return done
 
 
@@ -88,15 +90,41 @@ def test_outputs_per_host(built):
             assert "probeforge-artifacts" in omitted["tstat"]["fix"]
 
 
+def _stamps(work: Path) -> dict[Path, tuple[int, int]]:
+    """Inode and mtime of every output and every file of every host's overlay."""
+    paths = [p for host in HOSTS for p in [*(work / "build" / host).iterdir(),
+                                           *(work / "build" / ".overlay" / host).rglob("*")]]
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
 def test_second_run_changes_and_rewrites_nothing(built):
     work, inventory, _ = built
-    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns)
-              for host in HOSTS for p in (work / "build" / host).iterdir()}
+    before = _stamps(work)
     again = _playbook(inventory, "rig.yml")
     assert _recap(again.stdout) == dict.fromkeys(HOSTS, 0), again.stdout[-4000:]
-    after = {p: (p.stat().st_ino, p.stat().st_mtime_ns)
-             for host in HOSTS for p in (work / "build" / host).iterdir()}
-    assert after == before
+    assert _stamps(work) == before
+
+
+def test_bad_variable_stops_before_anything_is_built(built):
+    work, inventory, _ = built
+    before = _stamps(work)
+    done = _playbook(inventory, "firmware.yml", "-e", "probe_daemon_log_level=loud", rc=2)
+    assert "probe_daemon_log_level" in done.stdout and "loud" in done.stdout, done.stdout[-4000:]
+    assert "Ensure the host's overlay and image are built" not in done.stdout
+    assert _stamps(work) == before
+
+
+def test_overlay_is_what_the_inventory_renders(built):
+    work, inventory, _ = built
+    overlay = work / "build" / ".overlay" / "probe-03"
+    conf = (overlay / "etc/mplane/probe.conf").read_text()
+    assert "device = probe-03" in conf and "max_hops = 3" in conf
+    assert (overlay / "etc/mplane/certs/probe.crt").read_bytes() == (
+        inventory / ".state" / "pki" / "hosts" / "probe-03" / "cert.pem").read_bytes()
+    rig_key = (inventory / ".state" / "ssh" / "id_ed25519.pub").read_text().strip()
+    assert (overlay / "etc/dropbear/authorized_keys").read_text() == rig_key + "\n"
+    script = overlay / "etc/uci-defaults/90-probeforge-hostname"
+    assert "name='probe-03'" in script.read_text() and script.stat().st_mode & 0o111
 
 
 def test_rebuild_elsewhere_is_bit_identical(built, tmp_path):
