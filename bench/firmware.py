@@ -154,6 +154,10 @@ class GuestSample:
     cpu_ticks: int  # utime + stime, in GUEST_CLK_TCK units
     start_ticks: int  # starttime: a restarted daemon has another
     uptime: float  # seconds, the guest's clock
+    # VmRSS split: the process's own pages (objects, malloc) and mapped file pages (the
+    # interpreter, libcrypto ...), shared and clean; 0 when the kernel does not say.
+    anon_kb: int = 0
+    file_kb: int = 0
 
 
 def find_daemon(listing: str) -> int:
@@ -189,9 +193,11 @@ def parse_sample(text: str) -> GuestSample:
     # The command name in field 2 may hold spaces and parentheses; the fields after it are
     # fixed: state is field 3, utime 14, stime 15, starttime 22.
     fields = stat.rsplit(")", 1)[1].split()
+    split = [int((report.field(status, key).split() or ["0"])[0]) for key in ("RssAnon",
+                                                                              "RssFile")]
     return GuestSample(int(values["VmRSS"][0]), int(values["VmHWM"][0]),
                        int(values["Threads"][0]), int(fields[11]) + int(fields[12]),
-                       int(fields[19]), float(uptime.split()[0]))
+                       int(fields[19]), float(uptime.split()[0]), *split)
 
 
 def idle_percent(before: GuestSample, after: GuestSample) -> float:
@@ -1069,6 +1075,11 @@ def memory_rows(r: Results) -> list[Row]:
         Row("VmRSS after registration", [m.registered.rss_kb], "MiB", BUDGET_RSS_KB, budget),
         Row("VmHWM (peak) after registration", [m.registered.hwm_kb], "MiB", BUDGET_RSS_KB,
             budget),
+        *([Row("… of which the daemon's own pages after registration (RssAnon: objects, "
+               "malloc, stacks)", [m.registered.anon_kb], "MiB"),
+           Row("… of which mapped file pages after registration (RssFile: python3.11, "
+               "libcrypto, libc …; shared, clean)", [m.registered.file_kb], "MiB")]
+          if m.registered.anon_kb else []),
         Row(f"VmRSS after {specs}", [m.after_specs.rss_kb], "MiB", BUDGET_RSS_KB, budget),
         Row(f"VmHWM (peak) after {specs}", [m.after_specs.hwm_kb], "MiB", BUDGET_RSS_KB,
             budget),
@@ -1262,10 +1273,11 @@ and kernel `{r.kernel}`. Each timed step starts after `sync`.
 - *Boot*: the RI supervisor as `rig/testbed.py` starts it (TLS, the copy's PKI), a fresh
   flash holding `{FIRST_HOST}`'s image (`create_flash`, `install_image`), and one
   `EmulatedBoard`; a fresh supervisor for every boot. {_n(len(r.boots), 'boot')}.
-- *Daemon in the guest*: after the last boot registered, over SSH: VmRSS and VmHWM, then
-  the daemon's CPU time over {r.args.idle:g} s of idling, then
-  {_n(r.args.specs, 'ping specification')} through the supervisor with the RI client
-  (`Testbed.measure`), then VmRSS, VmHWM and the idle CPU time again.{mmdebstrap}
+- *Daemon in the guest*: after the last boot registered, over SSH: VmRSS and VmHWM (and
+  VmRSS's split into RssAnon and RssFile), then the daemon's CPU time over
+  {r.args.idle:g} s of idling, then {_n(r.args.specs, 'ping specification')} through the
+  supervisor with the RI client (`Testbed.measure`), then VmRSS, VmHWM and the idle CPU
+  time again.{mmdebstrap}
 
 Build times (seconds):
 

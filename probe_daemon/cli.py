@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from probe_daemon import __version__, logs
-from probe_daemon.check import report
 from probe_daemon.component import Component
 from probe_daemon.registry import declared_elements, registry_json
 from probe_daemon.settings import DEFAULT_CONFIG, SETTINGS, ConfigError, add_arguments, load
@@ -44,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.log_target, config.log_level)
     if args.check:
+        # Only here: check needs tempfile, whose shutil loads bz2 and lzma (0.4 MB on a
+        # MiniProbe) that the running daemon never uses.
+        from probe_daemon.check import report
+
         return report(config)
     # Signals are taken synchronously with sigwait: no handler can run while a lock is held,
     # nothing polls, and a signal that comes during start-up waits until we are ready. The

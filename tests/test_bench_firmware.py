@@ -21,6 +21,9 @@ State:\tS (sleeping)
 VmPeak:\t   30000 kB
 VmHWM:\t   14336 kB
 VmRSS:\t   13312 kB
+RssAnon:\t    5120 kB
+RssFile:\t    8192 kB
+RssShmem:\t       0 kB
 Threads:\t3
 """
 # A command name with a space and a parenthesis: fields are counted after the last ")".
@@ -37,7 +40,8 @@ def test_parse_sample_reads_status_stat_and_uptime():
     sample = bench.parse_sample(guest_output(120, 30))
 
     assert sample == bench.GuestSample(rss_kb=13312, hwm_kb=14336, threads=3, cpu_ticks=150,
-                                       start_ticks=1500, uptime=100.0)
+                                       start_ticks=1500, uptime=100.0, anon_kb=5120,
+                                       file_kb=8192)
 
 
 def test_parse_sample_refuses_partial_output():

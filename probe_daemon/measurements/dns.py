@@ -47,7 +47,6 @@ octets.
 
 import ipaddress
 import os
-import secrets
 import select
 import socket
 import struct
@@ -396,7 +395,8 @@ def _family(server: Server) -> int:
 def query(server: Server, name: str, qtype: int, timeout_s: float = 2.0, retries: int = 2,
           edns_udp_size: int = 1232) -> Answer:
     """Ask ``server``; the first valid answer, after TCP fallback when truncated."""
-    qid = secrets.randbelow(0x10000)
+    # Unpredictable, as secrets would make it, without the hashlib and hmac it imports.
+    qid = int.from_bytes(os.urandom(2), "big")
     packet = build_query(name, qtype, qid, edns_udp_size)
     qname = labels_of(name)
     t0 = time.perf_counter()

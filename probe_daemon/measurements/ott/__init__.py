@@ -20,29 +20,29 @@ Modules, each with one concern: ``settings`` (the ``[ott]`` options), ``fetch`` 
 """
 
 # Every documented constant, so that the document test sees each one.
+from importlib import import_module
+
 from probe_daemon.measurements.ott.constants import *  # noqa: F403
-from probe_daemon.measurements.ott.dash import expand_template, iso_duration
-from probe_daemon.measurements.ott.hls import parse_hls_media
-from probe_daemon.measurements.ott.manifests import parse_manifest
 from probe_daemon.measurements.ott.measurement import ELEMENTS, LABEL, RESULTS, WHEN, OttMeasurement
-from probe_daemon.measurements.ott.media import Cursor, ManifestError
-from probe_daemon.measurements.ott.player import (
-    PlaybackModel,
-    PlaybackStats,
-    choose_level,
-    harmonic_mean,
-)
-from probe_daemon.measurements.ott.scoring import (
-    ManifestHealth,
-    content_score,
-    level_score,
-    manifest_score,
-)
 from probe_daemon.measurements.ott.settings import OPTIONS, POLICIES
 
-__all__ = [
-    "ELEMENTS", "LABEL", "OPTIONS", "POLICIES", "RESULTS", "WHEN", "Cursor", "ManifestError",
-    "ManifestHealth", "OttMeasurement", "PlaybackModel", "PlaybackStats", "choose_level",
-    "content_score", "expand_template", "harmonic_mean", "iso_duration", "level_score",
-    "manifest_score", "parse_hls_media", "parse_manifest",
-]
+# The parsers and the player load on first use (PEP 562): the daemon imports this package at
+# start for its capability, and a MiniProbe should not hold xml.etree and expat for nothing.
+_LAZY = {
+    "expand_template": "dash", "iso_duration": "dash", "parse_hls_media": "hls",
+    "parse_manifest": "manifests", "Cursor": "media", "ManifestError": "media",
+    "PlaybackModel": "player", "PlaybackStats": "player", "choose_level": "player",
+    "harmonic_mean": "player", "ManifestHealth": "scoring", "content_score": "scoring",
+    "level_score": "scoring", "manifest_score": "scoring",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)
+
+
+__all__ = ["ELEMENTS", "LABEL", "OPTIONS", "POLICIES", "RESULTS", "WHEN", "OttMeasurement",
+           *_LAZY]

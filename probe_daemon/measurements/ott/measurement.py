@@ -5,7 +5,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from probe_daemon.measurements.base import (
@@ -16,9 +16,12 @@ from probe_daemon.measurements.base import (
     Options,
     ip_param,
 )
-from probe_daemon.measurements.ott.fetch import HttpClient, HttpTally, Stopped
-from probe_daemon.measurements.ott.playout import ManifestFailure, Playout, Session
 from probe_daemon.measurements.ott.settings import OPTIONS, Settings
+
+if TYPE_CHECKING:
+    # The player, its HTTP client (http.client, ssl) and the manifest parsers (xml.etree,
+    # expat) are imported by the first run: an idle MiniProbe only offers the capability.
+    from probe_daemon.measurements.ott.fetch import HttpClient, HttpTally
 
 LABEL = "ott-download"
 WHEN = "now ... future / 10s"
@@ -42,7 +45,7 @@ STOP_POLL_S = 0.1
 
 
 @contextmanager
-def _abort_on_stop(stop: threading.Event, client: HttpClient) -> Iterator[None]:
+def _abort_on_stop(stop: threading.Event, client: "HttpClient") -> Iterator[None]:
     """Unblock network waits as soon as stop is set, not only at the next timeout."""
     done = threading.Event()
 
@@ -62,7 +65,7 @@ def _abort_on_stop(stop: threading.Event, client: HttpClient) -> Iterator[None]:
         client.close()
 
 
-def failure_row(started: datetime, tally: HttpTally) -> dict[str, Any]:
+def failure_row(started: datetime, tally: "HttpTally") -> dict[str, Any]:
     return {"time": started, "bandwidth.nominal.kbps": 0, "http.code.max": tally.code_max,
             "http.redirectcount.max": tally.redirects_max, "qos.manifest": 0, "qos.content": 0,
             "qos.aggregate": 0, "qos.level": 0}
@@ -91,6 +94,9 @@ class OttMeasurement:
         return self._problem
 
     def run(self, job: Job) -> Iterator[dict[str, Any]]:
+        from probe_daemon.measurements.ott.fetch import Stopped
+        from probe_daemon.measurements.ott.playout import ManifestFailure
+
         if self._problem:
             raise MeasurementError(self._problem)
         url = job.parameters.get("content.url", "").strip()
@@ -113,6 +119,9 @@ class OttMeasurement:
 
     def _tick(self, url: str, source: str | None,
               stop: threading.Event) -> Iterator[dict[str, Any]]:
+        from probe_daemon.measurements.ott.fetch import Stopped
+        from probe_daemon.measurements.ott.playout import Playout, Session
+
         session = Session(self.settings, url, source, stop)
         started = datetime.now(UTC)  # the first row's time: when its viewer pressed play
         with _abort_on_stop(stop, session.client):
