@@ -35,6 +35,9 @@ from rig import RigError
 from rig.flash import FlashError, active_image, read_bootenv, read_layout
 from rig.ssh import SshEndpoint
 
+# PCI slots of malta's PIIX4 with an interrupt line each (see qemu_command).
+NIC_SLOT = 18
+FLASH_SLOT = 20
 QEMU = "qemu-system-mipsel"
 # A guest that reboots this many times in a row, each time within QUICK_BOOT_S of power-on
 # (a healthy one needs ~8 s to reach SSH), is in a boot loop: the board stops.
@@ -272,7 +275,7 @@ class EmulatedBoard:
 
     def qemu_command(self, kernel: Path, initramfs: Path, cmdline: str) -> list[str]:
         """The QEMU command line of one power-on."""
-        nic = ["user", "model=virtio-net-pci", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
+        nic = ["user", "id=net", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
         nic += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in self.host_forwards]
         if self.guest_address:
             nic.append(f"dhcpstart={self.guest_address}")
@@ -290,10 +293,15 @@ class EmulatedBoard:
                 "-no-reboot", "-kernel", str(kernel), "-initrd", str(initramfs),
                 "-append", cmdline,
                 "-drive", f"file={self.flash},format=raw,if=none,id=flash",
-                "-device", "virtio-blk-pci,drive=flash",
-                "-nic", ",".join(nic),
-                "-object", "rng-random,id=rng,filename=/dev/urandom",
-                "-device", "virtio-rng-pci,rng=rng",
+                # Malta's PIIX4 routes PCI slots 18/19 to IRQ 10 and 20/21 to IRQ 11, and
+                # Linux drives that i8259 edge-triggered: two busy devices on one line lose an
+                # interrupt sooner or later (the line never drops, so no new edge comes) and
+                # both stop for good. So the flash and the NIC get a line each, and there is
+                # no third device (no virtio-rng: the kernel's RNG is ready at boot without
+                # it, as on a real MiniProbe, which has none either).
+                "-device", f"virtio-blk-pci,drive=flash,addr={FLASH_SLOT:#x}",
+                "-netdev", ",".join(nic),
+                "-device", f"virtio-net-pci,netdev=net,addr={NIC_SLOT:#x}",
                 "-chardev", console, "-serial", "chardev:console",
                 "-qmp", f"unix:{self._qmp_path()},server=on,wait=off",
                 "-pidfile", str(self.workdir / "qemu.pid"),

@@ -28,6 +28,7 @@ from builds.cross import ForeignArchive, check_elf
 from firmware import FirmwareError
 from firmware.recipe import DEFAULT_RECIPE, load_recipe, parse_recipe
 from firmware.rootfs import ModuleIndex, build_base, module_load_order
+from rig.board import NIC_SLOT
 from tests.conftest import tree_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -699,9 +700,12 @@ def test_the_base_boots_to_ssh_with_its_services_and_first_boot_scripts(tstat_ba
     command = ["setpriv", "--pdeathsig", "KILL", qemu, "-M", board.qemu_machine,
                "-m", str(board.qemu_memory), "-kernel", str(tstat_base.kernel),
                "-initrd", str(initrd), "-append", "console=ttyS0 rdinit=/sbin/init",
-               "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-               "-nic", f"user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-               "-device", "virtio-rng-pci", "-accel", "tcg", "-no-reboot"]
+               "-nodefaults", "-display", "none", "-monitor", "none",
+               "-serial", f"file:{console}",
+               "-netdev", f"user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+               # The NIC alone on its interrupt line, as rig/board.py explains.
+               "-device", f"virtio-net-pci,netdev=net,addr={NIC_SLOT:#x}",
+               "-accel", "tcg", "-no-reboot"]
     machine_process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = paramiko.SSHClient()

@@ -193,6 +193,15 @@ def test_first_boot(board):
     assert (boot.slot, boot.header.version, boot.fallback) == ("a", "2026.11.0", False)
 
 
+def test_flash_and_nic_have_an_interrupt_line_each(board):
+    """Sharing malta's edge-triggered i8259 line, the disk and the NIC lost an interrupt under
+    load and the guest stopped answering (rig/board.py, qemu_command)."""
+    lines = [line.split() for line in board.ssh("cat /proc/interrupts").stdout.splitlines()]
+    virtio = {row[0]: row[4:] for row in lines if any(w.startswith("virtio") for w in row)}
+    assert len(virtio) == 2, virtio
+    assert all(len(devices) == 1 for devices in virtio.values()), virtio
+
+
 def test_overlay_persists_across_a_reboot(board):
     board.ssh("echo kept > /root/persist && sync")
     board.ssh("reboot", check=False)
