@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from hil_tests.targets import HilTarget, load_targets
+from hil_tests.targets import FEATURE_FIXES, HilTarget, load_targets
 from probe_daemon.registry import declared_elements, registry_json
 from rig.cli import build
 from rig.inventory import load_plan
@@ -177,9 +177,11 @@ def target(hil_env: HilEnv, target_name: str, request: pytest.FixtureRequest) ->
     if found is None:
         pytest.skip(f"{target_name} is not a target of this run")
     for marker in request.node.iter_markers("feature"):
-        missing = set(marker.args) - found.features
+        missing = sorted(set(marker.args) - found.features)
         if missing:
-            pytest.skip(f"{target_name} lacks {', '.join(sorted(missing))}")
+            pytest.skip(f"{target_name} lacks " + "; ".join(
+                f"{name}: {FEATURE_FIXES.get(name, 'not in its hil_features')}"
+                for name in missing))
     return found
 
 

@@ -19,6 +19,16 @@ from rig.inventory import EMULATED_BOARD, group_hosts, inventory_json
 from rig.ssh import SshEndpoint
 
 ALL_FEATURES = ("sysupgrade", "tstat", "supervisor-control")
+# What a target lacking a feature needs to have it: the skip reason of tests gated by it.
+FEATURE_FIXES = {
+    "sysupgrade": "no image of it was built here (build/<inventory>/<host>/manifest.json); "
+                  "build its firmware with playbooks/firmware.yml",
+    "tstat": "its firmware has no Tstat (manifest.json lists it under omitted): put the source "
+             "in the artifact cache with `probeforge-artifacts fetch tstat-source` (or make it "
+             "with git archive, docs/artifacts.md) and build again; a real target lists "
+             "tstat in hil_features",
+    "supervisor-control": "the suite does not run its supervisor (only the emulated rig's)",
+}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,25 @@ def test_services_run(target):
                for line in listening.split("\n")[1:] if len(line.split()) > 3)
 
 
+@pytest.mark.feature("tstat")
+def test_tstat_starts_at_boot(target):
+    # docs/firmware.md: rcS starts network, dropbear, the probe daemon, then Tstat.
+    links = target.ssh.run("ls /etc/rc.d").stdout.split()
+    assert "S70tstat" in links and links.index("S70tstat") > links.index("S60probe-daemon"), \
+        links
+    status = target.ssh.run("/etc/init.d/tstat status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert any(words[0].endswith("/tstat") and "-l" in words for words in command_lines(target))
+    listing = target.ssh.run("stat -c '%n %a %U %F' /etc/tstat /etc/tstat/runtime.conf "
+                             "/etc/tstat/tstat.conf /etc/tstat/net.conf /var/log/tstat")
+    modes = {line.split()[0]: line.split()[1:] for line in listing.stdout.split("\n") if line}
+    # The daemon (root) replaces runtime.conf atomically: file and directory root's.
+    assert modes["/etc/tstat"][:3] == ["755", "root", "directory"], modes
+    for name in ("runtime.conf", "tstat.conf", "net.conf"):
+        assert modes[f"/etc/tstat/{name}"][:2] == ["644", "root"], modes
+    assert modes["/var/log/tstat"][2] == "directory", modes
+
+
 def test_first_boot_ran_exactly_once(target):
     assert target.ssh.run("ls -A /etc/uci-defaults 2>/dev/null || true").stdout.strip() == ""
     marks = target.ssh.run("cat /etc/probeforge-firstboot").stdout.split("\n")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hil_tests.targets import FEATURE_FIXES
 from rig.testbed import HOST_FROM_GUEST
 from tests.support.streaming import StreamingServer
 
@@ -72,7 +73,7 @@ def test_registered_with_its_capabilities_visible(target, hil_env):
 @pytest.mark.parametrize("label", sorted(RECIPES))
 def test_capability_returns_a_result(target, hil_env, media, label):
     if label.startswith("tstat-") and "tstat" not in target.features:
-        pytest.skip(f"{target.name} has no Tstat in its firmware (see its manifest's omitted)")
+        pytest.skip(f"{target.name} lacks tstat: {FEATURE_FIXES['tstat']}")
     if hil_env.testbed is None and label.startswith(("dns-", "http-", "ott-")):
         pytest.skip("needs the rig's DNS and streaming servers (run without --hil-inventory)")
     tokens = hil_env.wait_capabilities(target, {label}, timeout=60)
@@ -95,3 +96,7 @@ def test_capability_returns_a_result(target, hil_env, media, label):
         assert first["http.code"] == "200" and int(first["octets.layer7"]) > 0
     elif label == "ott-download":
         assert first["http.code.max"] == "200" and int(first["qos.aggregate"]) > 0
+    elif label == "tstat-log_tcp_complete-core":
+        # Switched on in Tstat's runtime.conf for the window, output where Tstat writes it.
+        assert first["tstat.log.class"] == "log_tcp_complete", first
+        assert first["tstat.log.path"] == "/var/log/tstat", first
