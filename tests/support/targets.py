@@ -95,6 +95,7 @@ import paramiko
 import testinfra.backend
 import testinfra.host
 
+from appliance.sandbox import mounts_under, processes_rooted_in, unmount_all
 from tests.support.debian_root import debian_root_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,36 +121,6 @@ def _run(*command: str | Path, timeout: float = 120, **kwargs: Any) -> str:
 # --- mounts and processes under a root ----------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounts_under(path: Path, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace, deepest first."""
-    prefix = str(Path(path).resolve()).rstrip("/")
-    points = []
-    with open(mountinfo) as f:
-        for line in f:
-            point = _unescape(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return sorted(points, key=lambda p: p.count("/"), reverse=True)
-
-
-def processes_rooted_in(path: Path) -> list[int]:
-    """PIDs (in our PID namespace) whose root directory is ``path`` or below it."""
-    prefix = str(Path(path).resolve()).rstrip("/")
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            root = os.readlink(f"/proc/{entry}/root")
-            if root == prefix or root.startswith(prefix + "/"):
-                found.append(int(entry))
-    return found
-
-
 def _kill_and_wait(pids: Iterable[int], timeout: float = 10) -> None:
     pids = list(pids)
     for pid in pids:
@@ -173,16 +144,6 @@ def _is_zombie(pid: int) -> bool:
 def _start_time(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[19]
-
-
-def unmount_all(path: Path) -> None:
-    """Unmount everything at or below ``path`` (lazily if busy); raise if anything stays."""
-    for point in mounts_under(path):
-        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "--lazy", point], capture_output=True)
-    left = mounts_under(path)
-    if left:
-        raise RuntimeError(f"still mounted under {path}: {left}")
 
 
 def remove_root(path: Path) -> None:
