@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance import ApplianceError
 from appliance.disk import MIB, SECTOR, derived_uuid, grub_cfg, install_bios_boot, layout
-from appliance.export import make_ova, sha256_file
+from appliance.export import make_ova
 from appliance.generalise import private_keys
 from appliance.recipe import DEFAULT_RECIPE, load_recipe, parse_recipe
 from appliance.rootfs import mmdebstrap_command
 from appliance.seed import collect
+from builds.cross import sha256_file
 
 DATA = yaml.safe_load(DEFAULT_RECIPE.read_text())
 
@@ -202,7 +205,11 @@ def test_private_key_scan_finds_keys(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/cert.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n")
     assert private_keys(tmp_path) == []
-    (tmp_path / "etc/key.pem").write_text("-----BEGIN PRIVATE KEY-----\n" + "A" * 64 + "\n")
+    # A real key, made here: the repository itself never holds one (tests/test_lint.py).
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    (tmp_path / "etc/key.pem").write_bytes(key)
     assert private_keys(tmp_path) == ["etc/key.pem"]
 
 
