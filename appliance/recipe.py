@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from appliance import ApplianceError
+from firmware.recipe import read_recipe_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_DIR = REPO / "images" / "ubuntu-appliance"
@@ -316,17 +315,5 @@ def parse_recipe(data: Any, path: Path, *, distribution: str | None = None,
 
 def load_recipe(path: Path = DEFAULT_RECIPE, **overrides: Any) -> Recipe:
     """The recipe at ``path`` for one distribution (see :func:`parse_recipe`)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ApplianceError(f"cannot read the recipe {path} ({exc.strerror}): pass the path of "
-                             f"a recipe such as {DEFAULT_RECIPE}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ApplianceError(f"{path}: not valid YAML ({problem}{line}): fix the syntax "
-                             "there") from None
+    data = read_recipe_yaml(path, ApplianceError, DEFAULT_RECIPE)
     return parse_recipe(data, path, **overrides)

@@ -227,19 +227,24 @@ def parse_recipe(data: Any, path: Path) -> Recipe:
                   components=components, boards=boards)
 
 
-def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
-    """The recipe at ``path``, validated (FirmwareError naming the problem otherwise)."""
+def read_recipe_yaml(path: Path, error: type[Exception], example: Path) -> Any:
+    """The YAML in ``path``; ``error`` naming the problem (unreadable, bad syntax) otherwise.
+    The appliance's recipe is read the same way."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise FirmwareError(f"cannot read the recipe {path} ({exc.strerror}): pass the path "
-                            f"of a recipe such as {DEFAULT_RECIPE}") from None
+        raise error(f"cannot read the recipe {path} ({exc.strerror}): pass the path "
+                    f"of a recipe such as {example}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise FirmwareError(f"{path}: not valid YAML ({problem}{line}): fix the "
-                            "syntax there") from None
-    return parse_recipe(data, path)
+        raise error(f"{path}: not valid YAML ({problem}{line}): fix the syntax "
+                    "there") from None
+
+
+def load_recipe(path: Path = DEFAULT_RECIPE) -> Recipe:
+    """The recipe at ``path``, validated (FirmwareError naming the problem otherwise)."""
+    return parse_recipe(read_recipe_yaml(path, FirmwareError, DEFAULT_RECIPE), path)
