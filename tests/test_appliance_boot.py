@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 
 from appliance.generalise import private_keys
+from rig.appliance import ApplianceVM, boot_files
 from tests.conftest import REPO
-from tests.support.appliance import HOST, ApplianceVM, write_inventory
-from tests.support.targets import run_playbook
+from tests.support.appliance import CLIENT_PORT, HOST, write_inventory
+from tests.support.targets import free_port, run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.appliance, pytest.mark.ansible,
               pytest.mark.skipif(os.geteuid() != 0, reason="the build needs root")]
@@ -60,12 +61,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "generic_manifest": json.loads((generic / "manifest.json").read_text())}
 
 
-def _kernel(generic_manifest: dict[str, object]) -> tuple[Path, Path]:
-    base = REPO / ".cache" / "appliance" / "base" / str(generic_manifest["base"]) / "tree"
-    version = generic_manifest["kernel"]
-    return base / "boot" / f"vmlinuz-{version}", base / "boot" / f"initrd.img-{version}"
-
-
 def _sums_match(directory: Path) -> None:
     for line in (directory / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ", 1)
@@ -94,7 +89,7 @@ def test_outputs_are_complete_and_generic(built):
                                      text=True, check=True).stdout)
     assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     # The generic tree: no host keys, an empty machine-id, no private key anywhere.
-    tree = _kernel(manifest)[0].parents[1]
+    tree = boot_files(generic)[0].parents[1]
     assert not list((tree / "etc/ssh").glob("ssh_host_*"))
     assert (tree / "etc/machine-id").read_text() == ""
     assert private_keys(tree) == []
@@ -148,9 +143,9 @@ def _wait_registered(vm: ApplianceVM, pki: Path, timeout: float = 240) -> str:
     body = ""
     while time.monotonic() < deadline:
         try:
-            status, body = _operator_get(vm.client_port, "/capability", pki)
+            status, body = _operator_get(vm.port(CLIENT_PORT), "/capability", pki)
             for token in re.findall(r"href='(/capability/[0-9a-f]+)'", body):
-                status, detail = _operator_get(vm.client_port, token, pki)
+                status, detail = _operator_get(vm.port(CLIENT_PORT), token, pki)
                 if status == 200 and HOST in detail and "ping-average-ip4" in detail:
                     return detail
         except (OSError, ssl.SSLError):
@@ -166,7 +161,8 @@ def test_qcow2_boots_with_its_seed_and_registers(built, tmp_path, capsys):
     seed = built["host_dir"] / built["manifest"]["seed"]["file"]
     pki = built["inventory"] / ".state" / "pki"
     with ApplianceVM(generic / f"{manifest['name']}.qcow2", tmp_path, key=built["key"],
-                     seed=seed, kernel=_kernel(manifest), name="qcow2-bios") as vm:
+                     seed=seed, kernel=boot_files(generic),
+                     forwards={CLIENT_PORT: free_port()}, name="qcow2-bios") as vm:
         _check_services(vm)
         _wait_registered(vm, pki)
         registered = time.monotonic()
@@ -180,7 +176,7 @@ def test_qcow2_boots_with_its_seed_and_registers(built, tmp_path, capsys):
         context = ssl.create_default_context(
             cafile=str(pki / "hosts" / HOST / "chain.pem"))
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            connection = http.client.HTTPSConnection("127.0.0.1", vm.client_port,
+            connection = http.client.HTTPSConnection("127.0.0.1", vm.port(CLIENT_PORT),
                                                      context=context, timeout=30)
             connection.request("GET", "/capability")
             connection.getresponse()
@@ -200,8 +196,8 @@ def test_vmdk_from_the_ova_boots_under_uefi_on_sata(built, tmp_path, capsys):
         ova.extract(f"{name}.vmdk", tmp_path, filter="data")
     seed = built["host_dir"] / built["manifest"]["seed"]["file"]
     with ApplianceVM(tmp_path / f"{name}.vmdk", tmp_path, key=built["key"], seed=seed,
-                     kernel=_kernel(manifest), fmt="vmdk", sata=True, uefi=True,
-                     name="vmdk-uefi") as vm:
+                     kernel=boot_files(generic), forwards={CLIENT_PORT: free_port()},
+                     fmt="vmdk", sata=True, uefi=True, name="vmdk-uefi") as vm:
         _check_services(vm)
         assert vm.ssh("test -d /sys/firmware/efi").returncode == 0
         _wait_registered(vm, built["inventory"] / ".state" / "pki")

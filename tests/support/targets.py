@@ -73,7 +73,6 @@ import json
 import os
 import re
 import secrets
-import select
 import shlex
 import shutil
 import signal
@@ -96,6 +95,7 @@ import testinfra.backend
 import testinfra.host
 
 from appliance.sandbox import mounts_under, processes_rooted_in, unmount_all
+from rig.kvm import kvm_usable, qemu_binary
 from tests.support.debian_root import debian_root_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -884,48 +884,6 @@ class SshTarget(_SshAccess):
             self._reaper = None
 
 # --- QemuTarget -------------------------------------------------------------------------------
-
-_kvm_verdicts: dict[tuple[str, int], bool] = {}
-
-
-def qemu_binary() -> str | None:
-    return shutil.which("qemu-system-x86_64")
-
-
-def kvm_usable(kernel: Path, initrd: Path, timeout: float = 20) -> bool:
-    """Whether this kernel boots under KVM here: decided by a test boot with ``-cpu host``
-    that must get to the end of the kernel's own start-up (it then panics, having no init,
-    and QEMU exits), never by /dev/kvm's existence (FIELD-NOTES: a paravirtual /dev/kvm
-    that aborts on ``-cpu host`` and hangs on other models). Remembered per kernel (name
-    and size) for the life of the process."""
-    qemu = qemu_binary()
-    if qemu is None or not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    key = (kernel.name, kernel.stat().st_size)
-    if key not in _kvm_verdicts:
-        proc = subprocess.Popen(
-            [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
-             "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(kernel),
-             "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 rdinit=/nonexistent"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        seen = b""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-                if ready:
-                    seen += os.read(proc.stdout.fileno(), 65536)
-                if re.search(rb"Kernel panic|Run /|VFS: ", seen):
-                    break
-            seen += proc.stdout.read() if proc.poll() is not None else b""
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-        _kvm_verdicts[key] = re.search(rb"Kernel panic|Run /|VFS: ", seen) is not None
-    return _kvm_verdicts[key]
-
 
 class QemuTarget(_SshAccess):
     """The root booted as an x86_64 QEMU guest with systemd as PID 1: the place for what the
