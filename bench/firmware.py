@@ -748,8 +748,10 @@ def boot_phase(args: argparse.Namespace, inventory: Path, work: Path, results: R
     from rig.testbed import MEASUREMENT, Registration, Testbed, device_of
 
     plan = load_plan(inventory, _ansible("ansible-inventory"))
-    # One board: the boots are timed one at a time, with the machine otherwise quiet.
-    plan = dataclasses.replace(plan, probes=plan.probes[:1])
+    # One board: the boots are timed one at a time, with the machine otherwise quiet. The
+    # supervisor runs on the host (a fresh one per boot, not the appliance: bench/appliance.py
+    # times that), so what is timed is the board alone.
+    plan = dataclasses.replace(plan, probes=plan.probes[:1], appliance=None)
     probe = plan.probes[0]
     testbed = Testbed(plan, repo=REPO, build_dir=work / "build", progress=lambda _: None)
     testbed.state.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 
 Without ``--hil-inventory`` the suite brings up the emulated rig itself: a copy of
 ``inventory/virtual-rig`` in a temporary directory (its own PKI, free loopback ports, its own
-build directory), the firmware built by ``playbooks/rig.yml``, the RI supervisor and every
-emulated board started by :class:`rig.testbed.Testbed`, and torn down at the end. With
+build directory), the firmware and the supervisor appliance built by ``playbooks/rig.yml``,
+the appliance and every emulated board started by :class:`rig.testbed.Testbed`, and torn down
+at the end. Tests take a MiniProbe (``target``) or a virtual appliance (``appliance``). With
 ``--hil-inventory DIR`` it runs against whatever that inventory describes and is already up
 (real routers, a test plant): nothing is started or stopped there.
 
@@ -25,7 +26,13 @@ from typing import Any
 
 import pytest
 
-from hil_tests.targets import FEATURE_FIXES, HilTarget, load_targets
+from hil_tests.targets import (
+    FEATURE_FIXES,
+    ApplianceTarget,
+    HilTarget,
+    load_appliances,
+    load_targets,
+)
 from probe_daemon.registry import declared_elements, registry_json
 from rig.cli import build
 from rig.inventory import load_plan
@@ -70,20 +77,22 @@ def _selected_hosts(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "target_name" in metafunc.fixturenames:
-        inventory = metafunc.config.getoption("--hil-inventory") or RIG_INVENTORY
-        from rig.inventory import group_hosts, inventory_json
+    for argument, group in (("target_name", "miniprobes"), ("appliance_name", "appliances")):
+        if argument in metafunc.fixturenames:
+            inventory = metafunc.config.getoption("--hil-inventory") or RIG_INVENTORY
+            from rig.inventory import group_hosts, inventory_json
 
-        names = group_hosts(inventory_json(inventory, _ansible("ansible-inventory")),
-                            "miniprobes")
-        wanted = _selected_hosts(metafunc.config)
-        metafunc.parametrize("target_name", [n for n in names if not wanted or n in wanted])
+            names = group_hosts(inventory_json(inventory, _ansible("ansible-inventory")),
+                                group)
+            wanted = _selected_hosts(metafunc.config)
+            metafunc.parametrize(argument, [n for n in names if not wanted or n in wanted])
 
 
 @dataclass
 class HilEnv:
     inventory: Path
     targets: dict[str, HilTarget]
+    appliances: dict[str, ApplianceTarget]
     client_url: str
     operator: TLSFiles
     registry: Path | None
@@ -146,9 +155,13 @@ def hil_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                build_dir=build_dir,
                                rig_state=testbed.state if testbed else None,
                                hosts=_selected_hosts(request.config) or None)
-        client_url = (testbed.supervisor.client_url if testbed and testbed.supervisor
+        appliances = load_appliances(inventory, ansible_inventory=_ansible("ansible-inventory"),
+                                     build_dir=build_dir,
+                                     rig_state=testbed.state if testbed else None)
+        client_url = (testbed.client_url if testbed
                       else f"https://{_supervisor_address(inventory)}:{plan.client_port}")
-        yield HilEnv(inventory, {t.name: t for t in targets}, client_url,
+        yield HilEnv(inventory, {t.name: t for t in targets},
+                     {a.name: a for a in appliances}, client_url,
                      TLSFiles.from_pki_bundle(pki / "hosts" / plan.operator), registry,
                      ri_venv(default_cache_dir()), testbed)
     finally:
@@ -156,11 +169,13 @@ def hil_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             testbed.stop()
             # The serial consoles, whole (every boot), beside each target's results.
             out = Path(request.config.getoption("--hil-artifacts"))
-            for probe in plan.probes:
-                console = testbed.state / probe.name / "console.log"
+            consoles = [(p.name, testbed.state / p.name / "console.log") for p in plan.probes]
+            consoles.append((plan.supervisor, testbed.state / plan.supervisor
+                             / f"{plan.supervisor}-console.log"))
+            for name, console in consoles:
                 if console.is_file():
-                    (out / probe.name).mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(console, out / probe.name / "console.log")
+                    (out / name).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(console, out / name / "console.log")
 
 
 def _supervisor_address(inventory: Path) -> str:
@@ -171,17 +186,32 @@ def _supervisor_address(inventory: Path) -> str:
     return str(data["_meta"]["hostvars"][name].get("ansible_host", name))
 
 
+def _skip_without_features(name: str, features: frozenset[str],
+                           request: pytest.FixtureRequest) -> None:
+    for marker in request.node.iter_markers("feature"):
+        missing = sorted(set(marker.args) - features)
+        if missing:
+            pytest.skip(f"{name} lacks " + "; ".join(
+                f"{feature}: {FEATURE_FIXES.get(feature, 'not in its hil_features')}"
+                for feature in missing))
+
+
 @pytest.fixture
 def target(hil_env: HilEnv, target_name: str, request: pytest.FixtureRequest) -> HilTarget:
     found = hil_env.targets.get(target_name)
     if found is None:
         pytest.skip(f"{target_name} is not a target of this run")
-    for marker in request.node.iter_markers("feature"):
-        missing = sorted(set(marker.args) - found.features)
-        if missing:
-            pytest.skip(f"{target_name} lacks " + "; ".join(
-                f"{name}: {FEATURE_FIXES.get(name, 'not in its hil_features')}"
-                for name in missing))
+    _skip_without_features(target_name, found.features, request)
+    return found
+
+
+@pytest.fixture
+def appliance(hil_env: HilEnv, appliance_name: str,
+              request: pytest.FixtureRequest) -> ApplianceTarget:
+    found = hil_env.appliances.get(appliance_name)
+    if found is None:
+        pytest.skip(f"{appliance_name} is not an appliance of this run")
+    _skip_without_features(appliance_name, found.features, request)
     return found
 
 
@@ -190,7 +220,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Iterator[None]:
     report: pytest.TestReport = yield
     callspec = getattr(item, "callspec", None)
-    name = callspec.params.get("target_name") if callspec else None
+    params = callspec.params if callspec else {}
+    name = params.get("target_name") or params.get("appliance_name")
     if name is not None and (report.when == "call" or report.failed or report.skipped):
         _results.setdefault(name, []).append({
             "test": item.name, "phase": report.when, "outcome": report.outcome,

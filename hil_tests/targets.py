@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """HIL targets from an inventory: each MiniProbe's SSH endpoint, flavour, board, the address
-its capabilities carry and the features it has.
+its capabilities carry and the features it has; each virtual appliance's SSH endpoint, its
+supervisor's client address and the optional components its image holds.
 
 Everything comes from the inventory as Ansible reads it, so the suite runs against the
 emulated rig and against a plant of real routers alike. Features gate tests a target cannot
@@ -28,7 +29,13 @@ FEATURE_FIXES = {
              "with git archive, docs/artifacts.md) and build again; a real target lists "
              "tstat in hil_features",
     "supervisor-control": "the suite does not run its supervisor (only the emulated rig's)",
+    "glimpse_console": "its image has no GLIMPSE console (the generic manifest.json lists it "
+                       "under omitted): put the source in the artifact cache with "
+                       "`probeforge-artifacts fetch glimpse-source` and build the appliance "
+                       "again; a real target lists glimpse_console in hil_features",
 }
+# Optional components of the appliance image (images/ubuntu-appliance/recipe.yml).
+APPLIANCE_FEATURES = ("tstat", "glimpse_console")
 
 
 @dataclass(frozen=True)
@@ -67,9 +74,6 @@ def load_targets(inventory: Path, *, ansible_inventory: str, build_dir: Path,
         variables = hostvars.get(name, {})
         board = str(variables.get("firmware_board", ""))
         emulated = board == EMULATED_BOARD
-        # ansible-inventory does not template: the one template the rig uses is expanded here.
-        key = str(variables.get("ansible_ssh_private_key_file", "")).replace(
-            "{{ inventory_dir }}", str(inventory)) or None
         image_dir = build_dir / name
         features = set(variables.get("hil_features", ALL_FEATURES if emulated else ()))
         if not emulated or rig_state is None:
@@ -83,10 +87,7 @@ def load_targets(inventory: Path, *, ansible_inventory: str, build_dir: Path,
             features.discard("sysupgrade")
         targets.append(HilTarget(
             name=name,
-            ssh=SshEndpoint(str(variables.get("ansible_host", name)),
-                            int(variables.get("ansible_port", 22)),
-                            Path(key) if key else None,
-                            str(variables.get("ansible_user", "root"))),
+            ssh=_ssh_endpoint(inventory, name, variables),
             flavour=str(variables.get("firmware_flavour", "openwrt")),
             board=board,
             source_ip4=str(variables.get("rig_guest_address", variables.get("ansible_host"))),
@@ -96,3 +97,47 @@ def load_targets(inventory: Path, *, ansible_inventory: str, build_dir: Path,
             console_log=(rig_state / name / "console.log") if rig_state and emulated else None,
         ))
     return targets
+
+
+@dataclass(frozen=True)
+class ApplianceTarget:
+    name: str
+    ssh: SshEndpoint
+    client_address: str  # its supervisor's client port, as the operator reaches it
+    client_port: int
+    features: frozenset[str] = field(default_factory=frozenset)
+    console_log: Path | None = None
+
+
+def _ssh_endpoint(inventory: Path, name: str, variables: dict[str, Any]) -> SshEndpoint:
+    # ansible-inventory does not template: the one template the rig uses is expanded here.
+    key = str(variables.get("ansible_ssh_private_key_file", "")).replace(
+        "{{ inventory_dir }}", str(inventory)) or None
+    return SshEndpoint(str(variables.get("ansible_host", name)),
+                       int(variables.get("ansible_port", 22)), Path(key) if key else None,
+                       str(variables.get("ansible_user", "root")))
+
+
+def load_appliances(inventory: Path, *, ansible_inventory: str, build_dir: Path,
+                    rig_state: Path | None) -> list[ApplianceTarget]:
+    """Every virtual appliance of ``inventory`` (group ``appliances``). Its optional
+    components come from the generic image's manifest when it was built here (else from
+    ``hil_features``)."""
+    data = inventory_json(inventory, ansible_inventory)
+    hostvars: dict[str, dict[str, Any]] = data.get("_meta", {}).get("hostvars", {})
+    found = []
+    for name in group_hosts(data, "appliances"):
+        variables = hostvars.get(name, {})
+        features = set(variables.get("hil_features", APPLIANCE_FEATURES))
+        seed_manifest = build_dir / name / "manifest.json"
+        if seed_manifest.is_file():
+            generic = Path(json.loads(seed_manifest.read_text())["generic"]["directory"])
+            omitted = json.loads((generic / "manifest.json").read_text())["omitted"]
+            features -= {o["component"] for o in omitted}
+        found.append(ApplianceTarget(
+            name=name, ssh=_ssh_endpoint(inventory, name, variables),
+            client_address=str(variables.get("ansible_host", name)),
+            client_port=int(variables.get("mplane_supervisor_client_port", 8888)),
+            features=frozenset(features),
+            console_log=(rig_state / name / f"{name}-console.log") if rig_state else None))
+    return found

@@ -73,6 +73,10 @@ class ApplianceVM:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
     def endpoint(self) -> SshEndpoint:
         return SshEndpoint("127.0.0.1", self.ssh_port, self.key)
 
@@ -194,10 +198,11 @@ def boot_files(generic: Path) -> tuple[Path, Path]:
     return boot / f"vmlinuz-{base.kernel}", boot / f"initrd.img-{base.kernel}"
 
 
-def appliance_disk(host_dir: Path, disk: Path,
-                   progress: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """The appliance's own disk and its seed, for the host whose seed build is in
-    ``host_dir`` (``build/<inventory>/<host>``, playbooks/appliance.yml's output).
+def appliance_disk(host_dir: Path, disk: Path, progress: Callable[[str], None] = print
+                   ) -> tuple[Path, Path, Path]:
+    """The appliance's own disk, its seed and the generic images' directory, for the host
+    whose seed build is in ``host_dir`` (``build/<inventory>/<host>``, playbooks/appliance.yml's
+    output).
 
     ``disk`` is a qcow2 overlay over the generic qcow2 that keeps what the appliance writes
     between runs. The seed is applied once, at first boot, so when the generic image or the
@@ -237,7 +242,7 @@ def appliance_disk(host_dir: Path, disk: Path,
         record.unlink(missing_ok=True)
         temp.replace(disk)
         record.write_text(json.dumps(wanted) + "\n")
-    return disk, seed
+    return disk, seed, generic
 
 
 def _digest(path: Path) -> str:

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What the rig needs from an inventory: the supervisor's ports, each emulated MiniProbe's
-loopback ports and guest address, the operator whose identity runs the measurement.
+"""What the rig needs from an inventory: the supervisor's ports (and, when the supervisor is in
+group ``appliances``, the loopback ports of the appliance the rig boots for it), each emulated
+MiniProbe's loopback ports and guest address, the operator whose identity runs the measurement.
 
 Read with ``ansible-inventory --list`` so that the inventory means exactly what it means to
 the playbooks (groups, group_vars, host_vars merged by Ansible).
@@ -30,6 +31,14 @@ class RigProbe:
 
 
 @dataclass(frozen=True)
+class RigAppliance:
+    """The supervisor as a virtual appliance: its SSH and web console on 127.0.0.1."""
+
+    ssh_port: int
+    console_port: int
+
+
+@dataclass(frozen=True)
 class RigPlan:
     inventory: Path
     supervisor: str
@@ -39,6 +48,8 @@ class RigPlan:
     probes: tuple[RigProbe, ...]
     dns_port: int
     dns_domain: str
+    # None: the RI supervisor runs on the host itself.
+    appliance: RigAppliance | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -93,8 +104,16 @@ def load_plan(inventory: Path, ansible_inventory: str = "ansible-inventory") -> 
     addresses: set[str] = set()
     ports: dict[int, str] = {}
     sup_vars = hostvars.get(supervisor, {})
-    for name in ("mplane_supervisor_client_port", "mplane_supervisor_component_port"):
-        ports[_port(supervisor, sup_vars, name)] = f"{supervisor} {name}"
+    names = ["mplane_supervisor_client_port", "mplane_supervisor_component_port"]
+    appliance = supervisor in group_hosts(data, "appliances")
+    if appliance:
+        names += ["ansible_port", "appliance_console_port"]
+    for name in names:
+        port = _port(supervisor, sup_vars, name)
+        if port in ports:
+            raise RigError(f"host {supervisor}: {name} {port} is also {ports[port]}: give every "
+                           "rig endpoint its own port")
+        ports[port] = f"{supervisor} {name}"
     for host in group_hosts(data, "miniprobes"):
         variables = hostvars.get(host, {})
         if variables.get("firmware_board") != EMULATED_BOARD:
@@ -132,4 +151,6 @@ def load_plan(inventory: Path, ansible_inventory: str = "ansible-inventory") -> 
     return RigPlan(inventory.resolve(), supervisor,
                    sup_vars["mplane_supervisor_client_port"],
                    sup_vars["mplane_supervisor_component_port"], operators[0], tuple(probes),
-                   dns_port, domain)
+                   dns_port, domain,
+                   RigAppliance(sup_vars["ansible_port"], sup_vars["appliance_console_port"])
+                   if appliance else None)

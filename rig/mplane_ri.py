@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Drive the mPlane reference implementation (``mplane-sdk`` 0.9.0).
 
-The rig runs the RI supervisor on the host (until the appliance provides one) and its client
-for the operator's measurement; the tests use the same code as their yardstick for
-interoperability: a supervisor (``mpsup``), the RI component runtime (``mpcom``) with its ping
-module, and the RI client library. They run from a private Python 3.11 venv in subprocesses,
-so the calling process never imports ``mplane`` and the RI's old dependencies never meet ours.
-The venv is installed offline from the artifact cache (group ``supervisor``), fetched first
-when something is missing.
+The rig runs the RI client for the operator's measurement (and the RI supervisor on the host
+when the inventory's supervisor is not an appliance); the tests use the same code as their
+yardstick for interoperability: a supervisor (``mpsup``), the RI component runtime (``mpcom``)
+with its ping module, and the RI client library. They run from a private Python 3.11 venv in
+subprocesses, so the calling process never imports ``mplane`` and the RI's old dependencies
+never meet ours. The venv is installed offline from the artifact cache (group ``supervisor``),
+fetched first when something is missing.
 
 Port naming follows the harness user, not the RI: a supervisor's
 ``component_port`` is where components register (the RI calls that side its

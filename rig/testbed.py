@@ -1,6 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The emulated rig, up and down: the supervisor on the host, one emulated board per MiniProbe
-of the inventory, registration, and one measurement through the supervisor.
+"""The emulated rig, up and down: the supervisor, one emulated board per MiniProbe of the
+inventory, registration, and one measurement through the supervisor.
+
+The supervisor is the virtual appliance when the inventory puts it in group ``appliances``
+(the embedded default does): the rig boots the appliance under QEMU from a disk of its own
+(``<inventory>/.state/rig/<supervisor>/disk.qcow2``, over the generic image, with the host's
+seed disk attached) and forwards its ports from 127.0.0.1. Otherwise the RI supervisor runs on
+the host as a process.
 
 Everything started here is recorded in ``<inventory>/.state/rig/rig.json`` with its PID, and
 stopped by PID: on :meth:`Testbed.stop`, on Ctrl-C, and — should the rig process itself have
@@ -26,10 +32,11 @@ from firmware.image import read_header
 from probe_daemon.catalog import DEVICE_ELEMENT
 from probe_daemon.registry import declared_elements, registry_json
 from rig import RigError
+from rig.appliance import COCKPIT, SSH, ApplianceVM, appliance_disk, boot_files
 from rig.board import EmulatedBoard
 from rig.dns import running_dnsmasq
 from rig.flash import FlashError, active_image, create_flash, install_image
-from rig.inventory import EMULATED_BOARD, RigPlan, RigProbe
+from rig.inventory import EMULATED_BOARD, RigAppliance, RigPlan, RigProbe
 from rig.mplane_ri import (
     RIError,
     RISupervisor,
@@ -88,6 +95,7 @@ class Testbed:
         self.state = plan.state_dir / "rig"
         self.record = self.state / "rig.json"
         self.supervisor: RISupervisor | None = None
+        self.appliance: ApplianceVM | None = None
         self.dns: contextlib.ExitStack | None = None
         self.dns_pid: int | None = None
         self.boards: dict[str, EmulatedBoard] = {}
@@ -122,8 +130,12 @@ class Testbed:
     # --- the record of what runs ----------------------------------------------------------
 
     def _write_record(self) -> None:
-        record = {"rig": os.getpid(),
-                  "supervisor": self.supervisor.pid if self.supervisor else None,
+        supervisor, mark = None, None
+        if self.supervisor is not None:
+            supervisor, mark = self.supervisor.pid, "mpsup"
+        elif self.appliance is not None:
+            supervisor, mark = self.appliance.pid, str(self.appliance.disk)
+        record = {"rig": os.getpid(), "supervisor": supervisor, "supervisor_mark": mark,
                   "dns": self.dns_pid,
                   "boards": {name: {"pid": board.pid, "flash": str(board.flash)}
                              for name, board in self.boards.items()}}
@@ -146,7 +158,8 @@ class Testbed:
             raise RigError(f"a rig is already running for {self.plan.inventory} (pid {owner}): "
                            "stop it with `probeforge-rig down` or Ctrl-C in its terminal")
         stopped = []
-        leftovers = [(record.get("supervisor"), "mpsup"), (record.get("dns"), "dnsmasq")]
+        leftovers = [(record.get("supervisor"), record.get("supervisor_mark")),
+                     (record.get("dns"), "dnsmasq")]
         leftovers += [(b.get("pid"), b.get("flash", "")) for b in
                       (record.get("boards") or {}).values()]
         for pid, mark in leftovers:
@@ -186,6 +199,9 @@ class Testbed:
     def start_supervisor(self) -> None:
         self.progress("supervisor: preparing the mPlane RI venv (offline, artifact cache)")
         self.venv = ri_venv(default_cache_dir())
+        if self.plan.appliance is not None:
+            self._start_appliance(self.plan.appliance)
+            return
         work = self.state / "supervisor"
         work.mkdir(parents=True, exist_ok=True)
         bundle = self.pki_hosts / self.plan.supervisor
@@ -200,6 +216,65 @@ class Testbed:
         self.progress(f"supervisor: mpsup pid {self.supervisor.pid}, clients on "
                       f"127.0.0.1:{self.plan.client_port}, components on "
                       f"127.0.0.1:{self.plan.component_port} ({HOST_FROM_GUEST} from the boards)")
+
+    def _start_appliance(self, appliance: RigAppliance) -> None:
+        name = self.plan.supervisor
+        disk, seed, generic = appliance_disk(self.build_dir / name,
+                                             self.state / name / "disk.qcow2", self.progress)
+        vm = ApplianceVM(disk, self.state / name, key=self.ssh_key, seed=seed,
+                         kernel=boot_files(generic), name=name, snapshot=False,
+                         boot_timeout=self.boot_timeout,
+                         forwards={SSH: appliance.ssh_port, COCKPIT: appliance.console_port,
+                                   self.plan.client_port: self.plan.client_port,
+                                   self.plan.component_port: self.plan.component_port})
+        self.progress(f"{name}: powering on the supervisor appliance ({disk.name} over "
+                      f"{generic.name}, console {vm.console_log})")
+        self.appliance = vm
+        try:
+            vm.start(started=lambda _pid: self._write_record())
+        except BaseException:
+            self.appliance = None
+            self._write_record()
+            raise
+        self.progress(f"{name}: SSH after {vm.seconds_to_ssh:.0f} s ({vm.accel}), on "
+                      f"127.0.0.1:{appliance.ssh_port}; waiting for its supervisor")
+        self._wait_supervisor()
+        self.progress(f"supervisor: the appliance {name} (QEMU pid {vm.pid}) answers after "
+                      f"{time.monotonic() - vm.started:.0f} s: clients on "
+                      f"127.0.0.1:{self.plan.client_port}, components on "
+                      f"127.0.0.1:{self.plan.component_port} ({HOST_FROM_GUEST} from the "
+                      f"boards), web console https://127.0.0.1:{appliance.console_port}/")
+
+    def _wait_supervisor(self) -> None:
+        """Until the supervisor lists capabilities to the operator over mutual TLS."""
+        assert self.appliance is not None
+        vm = self.appliance
+        deadline = time.monotonic() + self.boot_timeout
+        while True:
+            if not vm.running:
+                raise RigError(f"{self.plan.supervisor}: the appliance powered off (console: "
+                               f"{vm.console_log})")
+            try:
+                self.capabilities()
+                return
+            except RIError as exc:
+                if time.monotonic() > deadline:
+                    state = vm.ssh("systemctl is-active mplane-supervisor; journalctl -b "
+                                   "--no-pager -n 15 -u mplane-supervisor", timeout=30)
+                    raise RigError(f"{self.plan.supervisor}: the supervisor does not answer "
+                                   f"{self.client_url} within {self.boot_timeout:.0f} s "
+                                   f"({str(exc).splitlines()[0]}); in the appliance: "
+                                   f"{state.stdout.strip()[-800:]}") from None
+            time.sleep(3)
+
+    @property
+    def client_url(self) -> str:
+        """Where the operator reaches the supervisor."""
+        if self.supervisor is not None:
+            return self.supervisor.client_url
+        if self.appliance is not None:
+            return f"https://127.0.0.1:{self.plan.client_port}"
+        raise RigError("the supervisor is not running")
 
     def flash(self, probe: RigProbe) -> Path:
         """The probe's flash, holding the built firmware (programmed when it differs)."""
@@ -241,9 +316,9 @@ class Testbed:
         return TLSFiles.from_pki_bundle(self.pki_hosts / self.plan.operator)
 
     def capabilities(self) -> dict[str, dict[str, Any]]:
-        if self.supervisor is None or self.venv is None:
+        if self.venv is None:
             raise RigError("the supervisor is not running")
-        return capabilities_by_token(self.venv, self.supervisor.client_url,
+        return capabilities_by_token(self.venv, self.client_url,
                                      tls=self._operator(), registry_preload=self.registry())
 
     def wait_registered(self) -> dict[str, Registration]:
@@ -256,6 +331,9 @@ class Testbed:
             for name, board in self.boards.items():
                 if board.error:
                     raise RigError(f"{name}: {board.error}")
+            if self.appliance is not None and not self.appliance.running:
+                raise RigError(f"{self.plan.supervisor}: the supervisor appliance powered off "
+                               f"(console: {self.appliance.console_log})")
             with contextlib.suppress(RIError):
                 for token, capability in self.capabilities().items():
                     device = device_of(capability)
@@ -277,11 +355,11 @@ class Testbed:
 
     def measure(self, registration: Registration) -> dict[str, Any]:
         """One ping from the probe to the host, through the supervisor, with the RI client."""
-        if self.supervisor is None or self.venv is None:
+        if self.venv is None:
             raise RigError("the supervisor is not running")
         probe = next(p for p in self.plan.probes if p.name == registration.probe)
         reply = run_specification(
-            self.venv, self.supervisor.client_url, registration.token,
+            self.venv, self.client_url, registration.token,
             {"destination.ip4": HOST_FROM_GUEST, "source.ip4": probe.guest_address},
             tls=self._operator(), when="now + 5s / 1s", registry_preload=self.registry(),
             timeout=120)
@@ -291,11 +369,18 @@ class Testbed:
             raise RigError(f"{probe.name}: the measurement returned no result: {exc}") from None
 
     def stop_supervisor(self) -> None:
-        """Take the supervisor away (an outage); :meth:`start_supervisor` brings a fresh one."""
+        """Take the supervisor away (an outage); :meth:`start_supervisor` brings it back (a
+        fresh RI process, or the same appliance booted again from its disk)."""
         if self.supervisor is not None:
             self.progress(f"supervisor: stopping mpsup pid {self.supervisor.pid}")
             self.supervisor.__exit__(None, None, None)
             self.supervisor = None
+            self._write_record()
+        if self.appliance is not None:
+            self.progress(f"{self.plan.supervisor}: shutting the supervisor appliance down "
+                          f"(QEMU pid {self.appliance.pid})")
+            self.appliance.power_off()
+            self.appliance = None
             self._write_record()
 
     # --- taking it down -------------------------------------------------------------------

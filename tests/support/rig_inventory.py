@@ -30,6 +30,7 @@ def rig_inventory_copy(directory: Path, extra_probes: int = 0) -> Path:
     common = {
         "pki_ca_passphrase_file": str(directory / "ca.passphrase"),
         "firmware_output_dir": str(directory / "build"),
+        "appliance_output_dir": str(directory / "build"),
         "rig_dns_port": _free_port(),
     }
     document = yaml.safe_load((inventory / "hosts.yml").read_text())
@@ -42,7 +43,9 @@ def rig_inventory_copy(directory: Path, extra_probes: int = 0) -> Path:
     per_host: dict[str, dict[str, Any]] = {}
     for name in hosts["supervisors"]["hosts"]:
         per_host[name] = {"mplane_supervisor_client_port": _free_port(),
-                          "mplane_supervisor_component_port": _free_port()}
+                          "mplane_supervisor_component_port": _free_port(),
+                          # SSH and web console of the supervisor appliance
+                          "ansible_port": _free_port(), "appliance_console_port": _free_port()}
     for name in miniprobes:
         per_host[name] = {"ansible_port": _free_port(), "rig_console_port": _free_port()}
     for name in hosts["clients"]["hosts"]:
