@@ -28,3 +28,4 @@ bench: $(PY)
 	$(PY) bench/pki_issue.py --write docs/benchmarks.md
 	$(PY) bench/probe_daemon.py --write docs/benchmarks.md
 	$(PY) bench/firmware.py --write docs/benchmarks.md --compare-mmdebstrap
+	$(PY) bench/appliance.py --write docs/benchmarks.md

@@ -187,11 +187,11 @@ class ApplianceVM:
         self.close()
 
 
-def boot_files(generic: Path) -> tuple[Path, Path]:
+def boot_files(generic: Path, cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
     """The kernel and initrd of the generic images in ``generic`` (their build directory),
-    from the builder's cached tree: what decides whether KVM works for them."""
+    from the builder's cached tree in ``cache``: what decides whether KVM works for them."""
     try:
-        base = generic_base(generic, DEFAULT_CACHE)
+        base = generic_base(generic, cache)
     except ApplianceError as exc:
         raise RigError(str(exc)) from None
     boot = base.tree / "boot"
