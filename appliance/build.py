@@ -14,14 +14,13 @@ killed build left is removed by the next one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from appliance.recipe import REPO, Recipe, RoleStep
 from appliance.rootfs import make_rootfs
 from appliance.sandbox import ChrootMounts, owner_pid
 from builds.cross import sha256_file
+from builds.workdirs import build_lock, clean_stale_builds
 
 DEFAULT_CACHE = REPO / ".cache" / "appliance"
 DEFAULT_IMAGES = REPO / "build" / "appliance"
@@ -77,24 +77,6 @@ def tree_digest(root: Path) -> str:
             digest.update(f"F {rel} {path.stat().st_mode & 0o777:o} "
                           f"{sha256_file(path)}\n".encode())
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def clean_stale(directory: Path) -> None:
-    """Remove what killed builds left (``.build-*-<pid>`` of processes that are gone)."""
-    if not directory.is_dir():
-        return
-    for leftover in directory.glob(".build-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def optional_components(recipe: Recipe, progress: Callable[[str], None],
@@ -169,13 +151,13 @@ def build_base(recipe: Recipe, *, cache: Path = DEFAULT_CACHE,
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     bases = cache / "base"
     final = bases / key
-    with _locked(bases / ".lock"):
+    with build_lock(bases / ".lock"):
         existing = load_base(final)
         if existing is not None:
             os.utime(final / "base.json")
             progress(f"base {key[:16]} is cached ({final})")
             return existing
-        clean_stale(bases)
+        clean_stale_builds(bases, owner_pid())
         shutil.rmtree(final, ignore_errors=True)
         work = bases / f".build-{key[:16]}-{owner_pid()}"
         work.mkdir(parents=True)
@@ -256,7 +238,7 @@ def build_image(recipe: Recipe, *, cache: Path = DEFAULT_CACHE, out: Path | None
                 progress(f"images of base {base.key[:16]} are up to date in {out}")
                 return out, False
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent)
+    clean_stale_builds(out.parent, owner_pid())
     work = out.parent / f".build-{out.name}-{owner_pid()}"
     started = time.monotonic()
     try:

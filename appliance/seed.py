@@ -37,7 +37,6 @@ from appliance.build import (
     Base,
     build_base,
     build_image,
-    clean_stale,
     images_from_tree,
     load_base,
     write_sums,
@@ -45,6 +44,7 @@ from appliance.build import (
 from appliance.provision import run_play
 from appliance.recipe import Recipe
 from appliance.sandbox import ChrootMounts, owner_pid
+from builds.workdirs import clean_stale_builds
 
 SEED_FORMAT = "probeforge-seed 1"
 
@@ -150,7 +150,7 @@ def build_seed(recipe: Recipe, *, inventory: Path, host: str, out: Path,
         generic, _ = build_image(recipe, cache=cache, progress=progress, base=base)
     generic_manifest = json.loads((generic / "manifest.json").read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent)
+    clean_stale_builds(out.parent, owner_pid())
     # The host's private key passes through here: nothing but the owner may read.
     work = out.parent / f".build-{host}-{owner_pid()}"
     work.mkdir(mode=0o700)

@@ -30,7 +30,6 @@ Identical inputs give an identical tree and a bit-identical squashfs.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -50,6 +49,7 @@ import yaml
 
 from builds import BuildError
 from builds.cross import ELF_MACHINES, QEMU, ForeignArchive, Package, elf_info, sha256_file
+from builds.workdirs import build_lock, clean_stale_builds
 from firmware import FirmwareError
 from firmware.recipe import Board, Recipe
 from firmware.squashfs import make_squashfs
@@ -688,17 +688,6 @@ def _omitted(component: str, artifact: str, exc: Exception) -> dict[str, str]:
 # --- the build ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def load_base(directory: Path) -> Base | None:
     record_path = directory / "base.json"
     if not record_path.is_file():
@@ -712,15 +701,6 @@ def load_base(directory: Path) -> Base | None:
     if not (base.tree.is_dir() and base.squashfs.is_file() and base.kernel.is_file()):
         return None
     return base
-
-
-def _clean_stale(bases: Path) -> None:
-    """Remove what interrupted builds left (their process is gone)."""
-    for leftover in bases.glob(".build-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        alive = pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid()
-        if not alive:
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _drop_old(bases: Path, board: str, keep: int) -> None:
@@ -841,14 +821,14 @@ def build_base(recipe: Recipe, board_name: str, *, cache: Path = DEFAULT_CACHE,
 
     bases = cache / "base"
     final = bases / key
-    with _locked(bases / ".lock"):
+    with build_lock(bases / ".lock"):
         existing = load_base(final)
         if existing is not None:
             # Recently used: the last bases to be dropped when the cache is trimmed.
             os.utime(final / "base.json")
             progress(f"base {key[:16]} of {board.name} is cached ({final})")
             return existing
-        _clean_stale(bases)
+        clean_stale_builds(bases, os.getpid())
         if final.exists():
             shutil.rmtree(final)
         work = bases / f".build-{key[:16]}-{os.getpid()}"
