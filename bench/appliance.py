@@ -214,35 +214,21 @@ def seed_phase(work: Path, generic: Path, results: Results) -> tuple[Path, Path,
     return key, inventory, seed
 
 
-def _operator_connection(port: int, pki: Path) -> http.client.HTTPSConnection:
-    """To the appliance's client port, as the operator (mutual TLS, the deployment's CA)."""
-    context = ssl.create_default_context(cafile=str(pki / "hosts" / HOST / "chain.pem"))
-    context.load_cert_chain(pki / "hosts" / "operator" / "cert.pem",
-                            pki / "hosts" / "operator" / "key.pem")
-    return http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
-
-
 def _listing(port: int, pki: Path, *, follow: bool) -> list[str] | None:
-    """The supervisor's capability listing for the operator (with ``follow``, each link's
-    JSON); None while it does not answer."""
-    connection = _operator_connection(port, pki)
+    """The supervisor's capability listing for the operator over mutual TLS (with
+    ``follow``, each capability's JSON); None while it does not answer."""
+    from tests.support.appliance import operator_get
+
     try:
-        connection.request("GET", "/capability")
-        response = connection.getresponse()
-        body = response.read().decode(errors="replace")
-        if response.status != 200:
+        status, body = operator_get(port, "/capability", pki)
+        if status != 200:
             return None
         if not follow:
             return [body]
-        details = []
-        for link in re.findall(r"href='(/capability/[0-9a-f]+)'", body):
-            connection.request("GET", link)
-            details.append(connection.getresponse().read().decode(errors="replace"))
-        return details
+        return [operator_get(port, link, pki)[1]
+                for link in re.findall(r"href='(/capability/[0-9a-f]+)'", body)]
     except (OSError, ssl.SSLError, http.client.HTTPException):
         return None
-    finally:
-        connection.close()
 
 
 def _registered(details: list[str] | None) -> bool:

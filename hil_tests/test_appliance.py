@@ -10,7 +10,6 @@ appliance is proven by tests/test_appliance_tstat.py where its source is in the 
 
 from __future__ import annotations
 
-import http.client
 import ssl
 import time
 
@@ -18,6 +17,7 @@ import pytest
 
 from rig.mplane_ri import capabilities_by_token, result_row, run_specification
 from rig.testbed import device_of
+from tests.support.appliance import https_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.appliance]
 
@@ -25,25 +25,14 @@ UNITS = ("probeforge-seed.service", "mplane-supervisor.service", "probe-daemon.s
          "ssh.service", "systemd-timesyncd.service", "cockpit.socket")
 
 
-def _https_get(appliance, path: str, *, ca: str, cert: tuple[str, str] | None
-               ) -> tuple[int, str]:
-    context = ssl.create_default_context(cafile=ca)
-    if cert is not None:
-        context.load_cert_chain(*cert)
-    connection = http.client.HTTPSConnection(appliance.client_address, appliance.client_port,
-                                             context=context, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
-
-
-def _operator_files(hil_env) -> tuple[str, tuple[str, str]]:
-    """The CA chain and the operator's PEM certificate and key (the bundle's plain form)."""
-    bundle = hil_env.operator.key.parent
-    return str(hil_env.operator.ca_chain), (str(bundle / "cert.pem"), str(bundle / "key.pem"))
+def _get(appliance, hil_env, *, with_certificate: bool) -> tuple[int, str]:
+    """``GET /capability`` on the appliance's client port: as the operator, or with no
+    client certificate at all."""
+    bundle = hil_env.operator.key.parent  # the bundle's plain PEM forms beside the RI's
+    return https_get(appliance.client_address, appliance.client_port, "/capability",
+                     ca=hil_env.operator.ca_chain,
+                     cert=(bundle / "cert.pem", bundle / "key.pem") if with_certificate
+                     else None)
 
 
 def _appliance_capabilities(hil_env, appliance) -> dict[str, dict]:
@@ -74,12 +63,11 @@ def test_services_run_with_the_hosts_identity(appliance):
 
 
 def test_supervisor_answers_the_operator_over_mutual_tls_only(hil_env, appliance):
-    ca, operator = _operator_files(hil_env)
-    status, body = _https_get(appliance, "/capability", ca=ca, cert=operator)
+    status, body = _get(appliance, hil_env, with_certificate=True)
     assert status == 200, body[:500]
     # No client certificate: the handshake is refused, no capability leaks.
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        _https_get(appliance, "/capability", ca=ca, cert=None)
+        _get(appliance, hil_env, with_certificate=False)
 
 
 def test_own_probe_daemon_registered_and_measures(hil_env, appliance):

@@ -14,7 +14,6 @@ filesystem and provisioning (about 5 min).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import pytest
 from appliance.generalise import private_keys
 from rig.appliance import ApplianceVM, boot_files
 from tests.conftest import REPO
-from tests.support.appliance import CLIENT_PORT, HOST, write_inventory
+from tests.support.appliance import CLIENT_PORT, HOST, https_get, operator_get, write_inventory
 from tests.support.targets import free_port, run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.appliance, pytest.mark.ansible,
@@ -105,19 +104,6 @@ def test_outputs_are_complete_and_generic(built):
     assert seed.stat().st_mode & 0o077 == 0
 
 
-def _operator_get(port: int, path: str, pki: Path) -> tuple[int, str]:
-    context = ssl.create_default_context(cafile=str(pki / "hosts" / HOST / "chain.pem"))
-    context.load_cert_chain(pki / "hosts" / "operator" / "cert.pem",
-                            pki / "hosts" / "operator" / "key.pem")
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
-
-
 def _check_services(vm: ApplianceVM) -> None:
     assert vm.ssh("hostname").stdout.strip() == HOST, vm.console()[-2000:]
     deadline = time.monotonic() + 240
@@ -143,9 +129,9 @@ def _wait_registered(vm: ApplianceVM, pki: Path, timeout: float = 240) -> str:
     body = ""
     while time.monotonic() < deadline:
         try:
-            status, body = _operator_get(vm.port(CLIENT_PORT), "/capability", pki)
+            status, body = operator_get(vm.port(CLIENT_PORT), "/capability", pki)
             for token in re.findall(r"href='(/capability/[0-9a-f]+)'", body):
-                status, detail = _operator_get(vm.port(CLIENT_PORT), token, pki)
+                status, detail = operator_get(vm.port(CLIENT_PORT), token, pki)
                 if status == 200 and HOST in detail and "ping-average-ip4" in detail:
                     return detail
         except (OSError, ssl.SSLError):
@@ -173,13 +159,9 @@ def test_qcow2_boots_with_its_seed_and_registers(built, tmp_path, capsys):
                          "context=ssl._create_unverified_context()).status)\"", timeout=300)
         assert console.stdout.strip() == "200", console.stderr[-1000:]
         # A client without a certificate is refused.
-        context = ssl.create_default_context(
-            cafile=str(pki / "hosts" / HOST / "chain.pem"))
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            connection = http.client.HTTPSConnection("127.0.0.1", vm.port(CLIENT_PORT),
-                                                     context=context, timeout=30)
-            connection.request("GET", "/capability")
-            connection.getresponse()
+            https_get("127.0.0.1", vm.port(CLIENT_PORT), "/capability",
+                      ca=pki / "hosts" / HOST / "chain.pem", cert=None)
         # The seed ran once and marked itself done; the operators' PKI command works.
         assert "build " in vm.ssh("cat /var/lib/probeforge/seed.done").stdout
         assert vm.ssh("probeforge-pki --help").returncode == 0

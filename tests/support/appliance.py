@@ -1,15 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """The appliance under test: a small deployment inventory (the VM itself is
-:class:`rig.appliance.ApplianceVM`).
+:class:`rig.appliance.ApplianceVM`), and HTTPS to its supervisor.
 
 :func:`write_inventory` makes an inventory with one appliance (a supervisor running its own
 probe daemon) and an operator, its PKI under ``<dir>/.state/pki`` and outputs under
-``<dir>/build``.
+``<dir>/build``. :func:`https_get` asks the supervisor's client port, with a client
+certificate or without one.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 from pathlib import Path
 
 HOST = "appliance-01"
@@ -46,3 +49,26 @@ def write_inventory(directory: Path, public_key: Path) -> Path:
     }
     (directory / "group_vars" / "all.yml").write_text(json.dumps(variables, indent=1) + "\n")
     return directory
+
+
+def https_get(address: str, port: int, path: str, *, ca: Path,
+              cert: tuple[Path, Path] | None, timeout: float = 30) -> tuple[int, str]:
+    """Status and body of ``GET path``, the server checked against ``ca``, presenting the
+    PEM certificate and key ``cert`` (None: no client certificate)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    connection = http.client.HTTPSConnection(address, port, context=context, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def operator_get(port: int, path: str, pki: Path, host: str = HOST) -> tuple[int, str]:
+    """``https_get`` on 127.0.0.1 as the test deployment's operator, to ``host``."""
+    return https_get("127.0.0.1", port, path, ca=pki / "hosts" / host / "chain.pem",
+                     cert=(pki / "hosts" / "operator" / "cert.pem",
+                           pki / "hosts" / "operator" / "key.pem"))
