@@ -30,6 +30,7 @@ import pytest
 
 from hil_tests.targets import HilTarget
 from rig.testbed import HOST_FROM_GUEST
+from tests.support.tstat_logs import parse_tcp_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.mips, pytest.mark.mplane_ri,
               pytest.mark.feature("tstat")]
@@ -103,19 +104,6 @@ def _setting(target: HilTarget, key: str) -> str:
     found = re.findall(rf"^\s*{key}\s+=\s+([0-9]+)", text, re.MULTILINE)
     assert len(found) == 1, f"{RUNTIME_CONF} must set {key} once in `key = value` form: {text}"
     return found[0]
-
-
-def parse_tcp_complete(text: str) -> list[dict[str, str]]:
-    """log_tcp_complete rows by column name, from its ``#15#c_ip:1 c_port:2 …`` header (the
-    number after the first ``#`` is the log level: which tcplog_* blocks follow)."""
-    names: list[str] = []
-    rows = []
-    for line in text.split("\n"):
-        if line.startswith("#"):
-            names = [word.split(":", 1)[0].rsplit("#", 1)[-1] for word in line.split()]
-        elif line.strip() and names:
-            rows.append(dict(zip(names, line.split(), strict=False)))
-    return rows
 
 
 def _interface(target: HilTarget) -> str:

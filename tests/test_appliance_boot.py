@@ -8,7 +8,10 @@ with it; the VMDK taken out of the OVA boots under UEFI on SATA with an E1000 NI
 VirtualBox and VMware attach it) and takes the same identity. Boots use ``snapshot=on``: the
 shipped images never boot.
 
-Warm caches (.debs, the provisioned tree): about 8 min here under TCG; cold adds the root
+The same playbook run also makes the host's own images (``appliance_host_image``): they hold
+its identity, and the qcow2 boots without any seed disk as that host.
+
+Warm caches (.debs, the provisioned tree): about 11 min here under TCG; cold adds the root
 filesystem and provisioning (about 5 min).
 """
 
@@ -42,7 +45,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     directory = tmp_path_factory.mktemp("appliance")
     key = directory / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    inventory = write_inventory(directory / "inventory", key.with_suffix(".pub"))
+    inventory = write_inventory(directory / "inventory", key.with_suffix(".pub"),
+                                host_image=True)
     started = time.monotonic()
     first = run_playbook(PLAYBOOK, inventory, timeout=2400)
     build_time = time.monotonic() - started
@@ -104,11 +108,14 @@ def test_outputs_are_complete_and_generic(built):
     assert seed.stat().st_mode & 0o077 == 0
 
 
-def _check_services(vm: ApplianceVM) -> None:
+def _check_services(vm: ApplianceVM, *, seeded: bool = True) -> None:
+    """The host's name and services; ``seeded``: its identity came from a seed disk (not
+    built into the image, whose seed unit then has nothing to do)."""
     assert vm.ssh("hostname").stdout.strip() == HOST, vm.console()[-2000:]
     deadline = time.monotonic() + 240
     units = ["mplane-supervisor.service", "probe-daemon.service", "ssh.service",
-             "systemd-timesyncd.service", "cockpit.socket", "probeforge-seed.service"]
+             "systemd-timesyncd.service", "cockpit.socket"]
+    units += ["probeforge-seed.service"] if seeded else []
     while True:
         states = vm.ssh("systemctl is-active " + " ".join(units)).stdout.split()
         if states == ["active"] * len(units):
@@ -186,3 +193,26 @@ def test_vmdk_from_the_ova_boots_under_uefi_on_sata(built, tmp_path, capsys):
         with capsys.disabled():
             print(f"\nappliance VMDK from the OVA ({vm.accel}, UEFI, SATA): power-on -> SSH "
                   f"{vm.seconds_to_ssh:.0f} s")
+
+
+def test_host_image_carries_the_identity_and_boots_without_a_seed(built, tmp_path, capsys):
+    manifest, host_dir, generic = built["manifest"], built["host_dir"], built["generic"]
+    name = f"{built['generic_manifest']['name']}-{HOST}"
+    images = {i["file"]: i["sha256"] for i in manifest["images"]}
+    assert set(images) == {f"{name}.qcow2", f"{name}.vmdk", f"{name}.ova"}
+    # They hold the host's private key: the directory is the owner's alone, and they are
+    # images of their own, not the generic ones.
+    assert host_dir.stat().st_mode & 0o077 == 0
+    assert not set(images.values()) & {i["sha256"] for i in
+                                       built["generic_manifest"]["images"]}
+    with ApplianceVM(host_dir / f"{name}.qcow2", tmp_path, key=built["key"], seed=None,
+                     kernel=boot_files(generic), forwards={CLIENT_PORT: free_port()},
+                     name="host-image") as vm:
+        _check_services(vm, seeded=False)
+        assert "device built-in" in vm.ssh("cat /var/lib/probeforge/seed.done").stdout
+        assert vm.ssh("blkid -L PFSEED").stdout.strip() == ""  # no seed disk attached
+        _wait_registered(vm, built["inventory"] / ".state" / "pki")
+        with capsys.disabled():
+            print(f"\nappliance host image ({vm.accel}, no seed): power-on -> SSH "
+                  f"{vm.seconds_to_ssh:.0f} s, -> registered "
+                  f"{time.monotonic() - vm.started:.0f} s")

@@ -19,8 +19,9 @@ HOST = "appliance-01"
 CLIENT_PORT, COMPONENT_PORT = 8888, 8889
 
 
-def write_inventory(directory: Path, public_key: Path) -> Path:
-    """A deployment with ``HOST`` in appliances and supervisors and an operator; its path."""
+def write_inventory(directory: Path, public_key: Path, *, host_image: bool = False) -> Path:
+    """A deployment with ``HOST`` in appliances and supervisors and an operator; its path.
+    With ``host_image`` the playbook also makes the host's own images (identity built in)."""
     (directory / "group_vars").mkdir(parents=True)
     hosts = {"all": {"children": {
         "supervisors": {"hosts": {HOST: {
@@ -46,6 +47,7 @@ def write_inventory(directory: Path, public_key: Path) -> Path:
         "mplane_supervisor_component_port": COMPONENT_PORT, "mplane_tls": True,
         "appliance_base_authorized_key_files": [str(public_key)],
         "appliance_output_dir": str(directory / "build"),
+        "appliance_host_image": host_image,
     }
     (directory / "group_vars" / "all.yml").write_text(json.dumps(variables, indent=1) + "\n")
     return directory
