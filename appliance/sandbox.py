@@ -99,13 +99,15 @@ class ChrootMounts:
     private tmpfs /run in ``root``, a ``policy-rc.d`` that forbids starting services and the
     host's resolv.conf (FIELD-NOTES): what package scripts and Ansible's chroot connection
     need, with nothing of the host that could be written. ``overlay`` (lower, upper, work)
-    first mounts ``root`` as an overlay of them."""
+    first mounts ``root`` as an overlay of them; with ``chroot=False`` that overlay is all
+    (a view of the tree to make a disk from, with nothing mounted inside it)."""
 
     def __init__(self, root: Path, *, overlay: tuple[Path, Path, Path] | None = None,
-                 resolv_conf: bool = True) -> None:
+                 resolv_conf: bool = True, chroot: bool = True) -> None:
         self.root = root
         self.overlay = overlay
-        self.resolv_conf = resolv_conf
+        self.resolv_conf = resolv_conf and chroot
+        self.chroot = chroot
         self._resolv_saved: str | None = None
         self._policy_added = False
 
@@ -116,6 +118,8 @@ class ChrootMounts:
                 lower, upper, work = self.overlay
                 _mount("-t", "overlay", "-o", f"lowerdir={lower},upperdir={upper},"
                        f"workdir={work}", "overlay", r)
+            if not self.chroot:
+                return self
             _mount("-t", "proc", "-o", "nosuid,nodev,noexec", "proc", f"{r}/proc")
             _mount("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{r}/sys")
             _mount("-t", "tmpfs", "-o", "nosuid,mode=0755,size=8m", "tmpfs", f"{r}/dev")

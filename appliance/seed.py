@@ -181,7 +181,10 @@ def build_seed(recipe: Recipe, *, inventory: Path, host: str, out: Path,
                         and bool(old.get("images")) == image and (out / seed_name).is_file()):
                     progress(f"{host}: seed {build} is up to date in {out}")
                     return HostSeed(out, out / seed_name, build, changed=False)
-            if image:
+        if image:
+            # The tree as the roles left it, without the chroot's /proc, /sys, /dev and /run
+            # mounted inside it, which mkfs.ext4 -d would try to copy.
+            with ChrootMounts(merged, overlay=(base.tree, upper, ovl), chroot=False):
                 progress(f"{host}: the host's own images (identity built in)")
                 marker = merged / "var/lib/probeforge/seed.done"
                 marker.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,14 @@ import pytest
 from appliance.generalise import private_keys
 from rig.appliance import ApplianceVM, boot_files
 from tests.conftest import REPO
-from tests.support.appliance import CLIENT_PORT, HOST, https_get, operator_get, write_inventory
+from tests.support.appliance import (
+    CLIENT_PORT,
+    HOST,
+    https_get,
+    operator_get,
+    output_dir,
+    write_inventory,
+)
 from tests.support.targets import free_port, run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.appliance, pytest.mark.ansible,
@@ -54,7 +61,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     started = time.monotonic()
     second = run_playbook(PLAYBOOK, inventory, timeout=1200)
     assert second.returncode == 0 and second.changed() == 0, second.report()
-    host_dir = inventory / "build" / HOST
+    host_dir = output_dir(inventory) / HOST
     manifest = json.loads((host_dir / "manifest.json").read_text())
     generic = Path(manifest["generic"]["directory"])
     print(f"\nappliance: playbook {build_time:.0f} s, second run "

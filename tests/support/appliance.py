@@ -4,8 +4,8 @@
 
 :func:`write_inventory` makes an inventory with one appliance (a supervisor running its own
 probe daemon) and an operator, its PKI under ``<dir>/.state/pki`` and outputs under
-``<dir>/build``. :func:`https_get` asks the supervisor's client port, with a client
-certificate or without one.
+``<dir>-build`` (:func:`output_dir`). :func:`https_get` asks the supervisor's client port,
+with a client certificate or without one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ from pathlib import Path
 
 HOST = "appliance-01"
 CLIENT_PORT, COMPONENT_PORT = 8888, 8889
+
+
+def output_dir(inventory: Path) -> Path:
+    """Where the playbook puts the test deployment's seeds and host images."""
+    return inventory.with_name(f"{inventory.name}-build")
 
 
 def write_inventory(directory: Path, public_key: Path, *, host_image: bool = False) -> Path:
@@ -46,7 +51,9 @@ def write_inventory(directory: Path, public_key: Path, *, host_image: bool = Fal
         "mplane_supervisor_client_port": CLIENT_PORT,
         "mplane_supervisor_component_port": COMPONENT_PORT, "mplane_tls": True,
         "appliance_base_authorized_key_files": [str(public_key)],
-        "appliance_output_dir": str(directory / "build"),
+        # Beside the inventory, not in it: Ansible reads every file of an inventory directory
+        # as an inventory source, images included.
+        "appliance_output_dir": str(output_dir(directory)),
         "appliance_host_image": host_image,
     }
     (directory / "group_vars" / "all.yml").write_text(json.dumps(variables, indent=1) + "\n")
