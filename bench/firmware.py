@@ -36,8 +36,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -53,11 +51,26 @@ if __package__ in (None, ""):
     sys.path[0] = str(REPO)
 
 from bench import report  # noqa: E402
+from bench.report import (  # noqa: E402
+    Failed,
+    Row,
+    first_line,
+    med,
+    mib,
+    plural,
+    progress,
+    reflow,
+    render_table,
+    run_logged,
+    tree_bytes,
+)
 
 START = "<!-- bench:firmware:start -->"
 END = "<!-- bench:firmware:end -->"
 
 BOARD = "qemu-malta-mipsel"
+# The code whose figures these are: uncommitted changes there are named in the report.
+CODE = ("firmware", "rig", "images", "probe_daemon", "roles", "playbooks")
 FIRST_HOST = "probe-01"
 
 # DESIGN.md, "Performance budgets".
@@ -87,10 +100,6 @@ MILESTONES: tuple[tuple[str, str], ...] = (
     ("dropbear listening", "dropbear: listening on port 22"),
     ("probe daemon started", "probe-daemon: started"),
 )
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- small pure helpers ----------------------------------------------------------------------
@@ -219,99 +228,6 @@ def first_seen(lines: Sequence[tuple[float, str]],
     return seen
 
 
-# -- statistics and formatting ---------------------------------------------------------------
-
-def _med(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
-def _mib(size: float) -> str:
-    return f"{size / 2**20:.1f} MiB"
-
-
-def _load(load: tuple[float, float, float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in load)
-
-
-@dataclass
-class Row:
-    what: str
-    samples: list[float]
-    unit: str = "s"  # s, MiB (samples in KiB), %
-    budget: float | None = None  # in the samples' unit; None for reference rows
-    budget_text: str = "—"
-    note: str = ""  # after the verdict: a reason the figure is what it is
-
-    def _fmt(self, value: float) -> str:
-        if self.unit == "MiB":
-            return f"{value / 1024:.1f}"
-        if self.unit == "%":
-            return f"{value:.3f}"
-        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-
-    @property
-    def median(self) -> float | None:
-        return _med(self.samples)
-
-    @property
-    def verdict(self) -> str:
-        median = self.median
-        if median is None:
-            return "not measured"
-        if self.budget is None:
-            return "reference (no budget)"
-        if self.unit == "%":
-            return "≈ 0" if median < self.budget - 1e-9 else "**not ≈ 0**"
-        return "within budget" if median <= self.budget else "**over budget**"
-
-    def cells(self) -> list[str]:
-        median = self.median
-        if median is None:
-            return [self.what, "—", "—", "0", self.budget_text, self.verdict]
-        spread = (f"{self._fmt(min(self.samples))}-{self._fmt(max(self.samples))}"
-                  if len(self.samples) > 1 else "—")
-        verdict = self.verdict + (f" ({self.note})" if self.note else "")
-        return [self.what, self._fmt(median), spread, str(len(self.samples)), self.budget_text,
-                verdict]
-
-
-def render_table(rows: Sequence[Row], unit_header: str) -> str:
-    lines = [f"| what | median ({unit_header}) | min-max | samples | budget | verdict |",
-             "|---|---:|---:|---:|---|---|"]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def reflow(markdown: str, width: int = 95) -> str:
-    """Re-wrap paragraphs and list items (figures make hand-wrapped lines ragged); headings,
-    tables and HTML comments stay as they are."""
-    blocks = []
-    for block in markdown.split("\n\n"):
-        if block.startswith(("#", "|", "<!--", "```")):
-            blocks.append(block)
-            continue
-        items: list[list[str]] = []
-        for line in block.splitlines():
-            if line.startswith("- ") or not items:
-                items.append([line])
-            else:
-                items[-1].append(line)
-        filled = []
-        for item in items:
-            text = " ".join(part.strip() for part in item)
-            bullet = item[0].startswith("- ")
-            filled.append(textwrap.fill(
-                text.removeprefix("- ") if bullet else text, width,
-                initial_indent="- " if bullet else "", subsequent_indent="  " if bullet else "",
-                break_long_words=False, break_on_hyphens=False))
-        blocks.append("\n".join(filled))
-    return "\n\n".join(blocks) + "\n"
-
-
 # -- the results -----------------------------------------------------------------------------
 
 @dataclass
@@ -434,33 +350,12 @@ class Results:
 
 # -- running things --------------------------------------------------------------------------
 
-class Failed(RuntimeError):
-    pass
-
-
-def _run_logged(command: list[str], log: Path, what: str, *, env: dict[str, str] | None = None,
-                cwd: Path = REPO, capture: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` with its stderr (and its stdout unless ``capture``) appended to
-    ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        out.write(f"$ {shlex.join(command)}\n")
-        out.flush()
-        done = subprocess.run(command, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE if capture else out,
-                              stderr=out, text=True, env=env, cwd=cwd, check=False)
-    if done.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise Failed(f"{what} failed (exit {done.returncode}); {log} ends:\n{tail}")
-    return done
-
-
 def _firmware(args: list[str], log: Path) -> tuple[float, dict[str, Any]]:
     """``python -m firmware ARGS --json`` as the firmware role runs it: seconds and summary."""
     # Earlier deletions and writes are flushed first, so no build pays for another's.
     os.sync()
     start = time.monotonic()
-    done = _run_logged([sys.executable, "-m", "firmware", *args, "--json"], log,
+    done = run_logged([sys.executable, "-m", "firmware", *args, "--json"], log,
                        f"python -m firmware {args[0]}")
     return time.monotonic() - start, json.loads(done.stdout)
 
@@ -482,18 +377,6 @@ def timed_build(cache: Path, overlay: Path, out: Path, log: Path) -> Build:
 def _ansible(name: str) -> str:
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
-
-
-def _tree_bytes(root: Path) -> int:
-    """Apparent size of the regular files below ``root``."""
-    total = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                info = os.lstat(os.path.join(directory, name))
-                if not os.path.islink(os.path.join(directory, name)):
-                    total += info.st_size
-    return total
 
 
 # -- the inventory copy ----------------------------------------------------------------------
@@ -576,7 +459,7 @@ def run_playbook(inventory: Path, playbook: str, log: Path, calls_log: Path,
     env = {**os.environ, "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"}
     os.sync()
     start = time.time()
-    _run_logged(command, log, f"ansible-playbook {playbook}", env=env, capture=False)
+    run_logged(command, log, f"ansible-playbook {playbook}", env=env, capture=False)
     wall = time.time() - start
     calls = parse_calls(calls_log.read_text())
     hosts = len({c.host for c in calls if c.command == "image"})
@@ -600,11 +483,11 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
     results.hosts = names
     overlay = build_dir / ".overlay" / FIRST_HOST
 
-    _progress(f"setup: ansible-playbook playbooks/rig.yml on a copy of the rig with "
+    progress(f"setup: ansible-playbook playbooks/rig.yml on a copy of the rig with "
               f"{len(names)} MiniProbes, empty firmware cache")
     setup = run_playbook(inventory, "rig.yml", logs / "setup.log", calls_log)
     results.setup_seconds = setup.wall
-    _progress(f"setup: {setup.wall:.0f} s")
+    progress(f"setup: {setup.wall:.0f} s")
 
     if "cold" not in args.skip:
         for run in range(args.runs):
@@ -617,7 +500,7 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
             if not (build.base_changed and build.image_changed):
                 raise Failed("a cold build found something already built")
             results.cold.append(build)
-            _progress(f"cold build {run + 1}/{args.runs}: base {build.base:.1f} s, "
+            progress(f"cold build {run + 1}/{args.runs}: base {build.base:.1f} s, "
                       f"image {build.image:.1f} s")
 
     if "warm" not in args.skip:
@@ -635,7 +518,7 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
             if not (build.base_changed and build.image_changed):
                 raise Failed("a warm build found its base already built")
             results.warm.append(build)
-            _progress(f"warm build {run + 1}/{args.runs}: base {build.base:.1f} s, "
+            progress(f"warm build {run + 1}/{args.runs}: base {build.base:.1f} s, "
                       f"image {build.image:.1f} s")
 
     for _ in range(args.runs):
@@ -643,7 +526,7 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
         if build.base_changed or build.image_changed:
             raise Failed("rebuilding from an unchanged cache changed something")
         results.reuse.append(build)
-    _progress(f"reuse of the unchanged base: {_med([b.base for b in results.reuse]):.2f} s")
+    progress(f"reuse of the unchanged base: {med([b.base for b in results.reuse]):.2f} s")
 
     image = next((build_dir / FIRST_HOST).glob("*-sysupgrade.bin"))
     _image_facts(image, cache, results)
@@ -660,7 +543,7 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
                     raise Failed(f"{name}: the builder found its fresh output already there")
                 results.sequential.append(seconds)
             shutil.rmtree(scratch, ignore_errors=True)
-        _progress(f"builder per host, one after another: {_med(results.sequential):.2f} s")
+        progress(f"builder per host, one after another: {med(results.sequential):.2f} s")
         for run in range(args.runs):
             # Outputs gone, so that every host's image is really built and put in place.
             for name in names:
@@ -676,7 +559,7 @@ def build_phases(args: argparse.Namespace, work: Path, results: Results) -> Path
                              f"not 1 and {len(names)}")
             results.one.append(one)
             results.every.append(every)
-            _progress(f"playbook {run + 1}/{args.runs}: 1 host {one.wall:.1f} s, "
+            progress(f"playbook {run + 1}/{args.runs}: 1 host {one.wall:.1f} s, "
                       f"{every.hosts} hosts {every.wall:.1f} s")
     return inventory
 
@@ -696,7 +579,7 @@ def _image_facts(image: Path, cache: Path, results: Results) -> None:
     with contextlib.suppress(OSError, ValueError):
         results.poll_interval = float(report.field(conf.read_text(), "poll_interval", "="))
     tree = cache / "base" / manifest["base"] / "tree"
-    results.base_tree_bytes = _tree_bytes(tree)
+    results.base_tree_bytes = tree_bytes(tree)
 
 
 # -- the boots -------------------------------------------------------------------------------
@@ -806,7 +689,7 @@ def boot_phase(args: argparse.Namespace, inventory: Path, work: Path, results: R
             boot = BootRun(outcome.get("ssh"), seen - start, seen - previous, marks,
                            outcome.get("error"))
             results.boots.append(boot)
-            _progress(f"boot {run + 1}/{args.runs}: SSH {boot.ssh or float('nan'):.1f} s, "
+            progress(f"boot {run + 1}/{args.runs}: SSH {boot.ssh or float('nan'):.1f} s, "
                       f"registered {boot.registered:.1f} s")
             if last:
                 results.loads["memory"] = report.load_average()
@@ -834,7 +717,7 @@ def guest_memory(args: argparse.Namespace, board: Any, testbed: Any,
         return before, sample()
 
     registered = sample()
-    _progress(f"probe daemon pid {pid}: VmRSS {_mib(registered.rss_kb * 1024)}; "
+    progress(f"probe daemon pid {pid}: VmRSS {mib(registered.rss_kb * 1024)}; "
               f"idle for {args.idle:g} s")
     first_idle = idle()
     specs = []
@@ -842,9 +725,9 @@ def guest_memory(args: argparse.Namespace, board: Any, testbed: Any,
         start = time.monotonic()
         testbed.measure(registration)
         specs.append(time.monotonic() - start)
-        _progress(f"specification {i + 1}/{args.specs}: {specs[-1]:.1f} s")
+        progress(f"specification {i + 1}/{args.specs}: {specs[-1]:.1f} s")
     after = sample()
-    _progress(f"VmRSS {_mib(after.rss_kb * 1024)}; idle again for {args.idle:g} s")
+    progress(f"VmRSS {mib(after.rss_kb * 1024)}; idle again for {args.idle:g} s")
     later_idle = idle()
     if later_idle[1].start_ticks != registered.start_ticks:
         raise Failed("the probe daemon restarted during the measurements")
@@ -854,15 +737,6 @@ def guest_memory(args: argparse.Namespace, board: Any, testbed: Any,
 
 # -- mmdebstrap ------------------------------------------------------------------------------
 
-# Runs as "root" in a user namespace of its own (identity-mapped, so files keep their real
-# owners) with a private binfmt_misc instance (Linux >= 6.7): qemu-user runs the guest's
-# maintainer scripts there, and the host's binfmt_misc registrations stay untouched.
-_NAMESPACE_SCRIPT = """\
-read -r go
-mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || exit 90
-printf '%s' "$PF_BINFMT" > /proc/sys/fs/binfmt_misc/register || exit 91
-exec "$@"
-"""
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-mipsel.conf")
 
 
@@ -874,39 +748,6 @@ def mmdebstrap_command(packages: Sequence[str], suite: str, target: Path,
     return ["mmdebstrap", "--mode=unshare", "--arch=mipsel", "--variant=essential",
             # check/qemu wants arch-test and the host's binfmt_misc; ours is private.
             "--skip=check/qemu", f"--include={','.join(packages)}", suite, str(target), mirror]
-
-
-def run_in_namespace(command: list[str], log: Path) -> float:
-    """Seconds ``command`` took in a private user and mount namespace with qemu-mipsel
-    registered in its own binfmt_misc."""
-    env = {**os.environ, "PF_BINFMT": BINFMT_CONF.read_text().strip()}
-    with log.open("a") as out:
-        out.write(f"$ {shlex.join(command)}\n")
-        out.flush()
-        start = time.monotonic()
-        process = subprocess.Popen(
-            ["unshare", "--user", "--mount", "--propagation", "private", "--", "sh", "-c",
-             _NAMESPACE_SCRIPT, "sh", *command],
-            stdin=subprocess.PIPE, stdout=out, stderr=out, text=True, env=env)
-        try:
-            mine = os.readlink("/proc/self/ns/user")
-            while os.readlink(f"/proc/{process.pid}/ns/user") == mine:
-                if process.poll() is not None:
-                    break
-                time.sleep(0.005)
-            for name in ("uid_map", "gid_map"):
-                with open(f"/proc/{process.pid}/{name}", "w") as mapping:
-                    mapping.write("0 0 4294967295\n")
-            process.communicate("go\n")
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    seconds = time.monotonic() - start
-    if process.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise Failed(f"mmdebstrap failed (exit {process.returncode}); {log} ends:\n{tail}")
-    return seconds
 
 
 def mmdebstrap_phase(args: argparse.Namespace, work: Path) -> Mmdebstrap:
@@ -923,19 +764,21 @@ def mmdebstrap_phase(args: argparse.Namespace, work: Path) -> Mmdebstrap:
         command = mmdebstrap_command(packages, board.suite, target, board.mirror)
         try:
             os.sync()
-            seconds.append(run_in_namespace(command, work / "logs" / "mmdebstrap.log"))
+            seconds.append(report.run_in_namespace(
+                command, work / "logs" / "mmdebstrap.log", "mmdebstrap",
+                binfmt=BINFMT_CONF.read_text().strip()).seconds)
             status = (target / "var" / "lib" / "dpkg" / "status").read_text()
             installed = status.count("Status: install ok installed")
-            size = _tree_bytes(target)
+            size = tree_bytes(target)
         except (Failed, OSError) as exc:
             # The comparison is someone else's tool: its failure is reported, and the
             # figures measured before it are kept.
             error = str(exc).splitlines()[0]
-            _progress(f"mmdebstrap {run + 1}/{args.mmdebstrap_runs}: {exc}")
+            progress(f"mmdebstrap {run + 1}/{args.mmdebstrap_runs}: {exc}")
             break
         finally:
             shutil.rmtree(target.parent, ignore_errors=True)
-        _progress(f"mmdebstrap {run + 1}/{args.mmdebstrap_runs}: {seconds[-1]:.0f} s, "
+        progress(f"mmdebstrap {run + 1}/{args.mmdebstrap_runs}: {seconds[-1]:.0f} s, "
                   f"{installed} packages")
     shown = [word if not word.startswith(str(work)) else "DIR" for word in command]
     return Mmdebstrap(seconds, shown, installed, size, version, error)
@@ -943,40 +786,18 @@ def mmdebstrap_phase(args: argparse.Namespace, work: Path) -> Mmdebstrap:
 
 # -- the machine -----------------------------------------------------------------------------
 
-def _first_line(command: list[str]) -> str:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError:
-        return "not found"
-    return ((done.stdout or done.stderr).strip().splitlines() or ["unknown"])[0]
-
-
 def _forks() -> str:
     return os.environ.get("ANSIBLE_FORKS", "5")
 
 
 def versions() -> list[tuple[str, str]]:
     return [
-        ("QEMU", _first_line(["qemu-system-mipsel", "--version"])
+        ("QEMU", first_line(["qemu-system-mipsel", "--version"])
          + " (TCG: no KVM for MIPS), 1 vCPU, 256 MiB"),
-        ("Ansible", _first_line([_ansible("ansible-playbook"), "--version"])
+        ("Ansible", first_line([_ansible("ansible-playbook"), "--version"])
          + f", forks {_forks()}"),
-        ("mksquashfs", _first_line(["mksquashfs", "-version"])),
+        ("mksquashfs", first_line(["mksquashfs", "-version"])),
     ]
-
-
-def _code_version() -> str:
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *argv],
-                              capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown (no git)"
-    dirty = git("status", "--porcelain", "--", "firmware", "rig", "images", "probe_daemon",
-                "roles", "playbooks")
-    return f"commit {commit}" + (" plus uncommitted changes under firmware/, rig/, images/, "
-                                 "probe_daemon/, roles/ or playbooks/" if dirty else "")
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -984,11 +805,10 @@ def _code_version() -> str:
 def run(args: argparse.Namespace) -> Results:
     results = Results(args)
     results.loads["start"] = report.load_average()
-    results.code = _code_version()
+    results.code = report.code_version(CODE)
     results.versions = versions()
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="pf-firmware-bench-", dir=args.tmpdir))
-    try:
+    with report.work_dir("pf-firmware-bench-", args.tmpdir, args.keep) as work:
         inventory = build_phases(args, work, results)
         results.phases["builds"] = time.monotonic() - started
         if "boot" not in args.skip:
@@ -1001,11 +821,6 @@ def run(args: argparse.Namespace) -> Results:
             results.loads["mmdebstrap"] = report.load_average()
             results.mmdebstrap = mmdebstrap_phase(args, work)
             results.phases["mmdebstrap"] = time.monotonic() - mark
-    finally:
-        if args.keep:
-            _progress(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     results.loads["end"] = report.load_average()
     results.phases["total"] = time.monotonic() - started
     return results
@@ -1077,7 +892,7 @@ def memory_rows(r: Results) -> list[Row]:
     if m is None:
         return []
     budget = "≤ 16 MB RSS"
-    specs = _n(len(m.spec_seconds), "ping specification")
+    specs = plural(len(m.spec_seconds), "ping specification")
     return [
         Row("VmRSS after registration", [m.registered.rss_kb], "MiB", BUDGET_RSS_KB, budget),
         Row("VmHWM (peak) after registration", [m.registered.hwm_kb], "MiB", BUDGET_RSS_KB,
@@ -1107,11 +922,11 @@ def comparison(r: Results) -> str:
         return ("No mmdebstrap comparison in this run (it takes minutes: "
                 "`--compare-mmdebstrap` adds it).")
     theirs = statistics.median(m.seconds)
-    cold_base = _med([b.base for b in r.cold])
-    cold = _med([b.total for b in r.cold])
-    warm = _med([b.total for b in r.warm])
+    cold_base = med([b.base for b in r.cold])
+    cold = med([b.total for b in r.cold])
+    warm = med([b.total for b in r.warm])
     text = (f"**Against mmdebstrap** (cold, same packages): `mmdebstrap` took "
-            f"{theirs:.0f} s ({_n(len(m.seconds), 'run')}"
+            f"{theirs:.0f} s ({plural(len(m.seconds), 'run')}"
             + (f", {min(m.seconds):.0f}-{max(m.seconds):.0f} s" if len(m.seconds) > 1 else "")
             + ")")
     if cold_base is not None and cold is not None:
@@ -1124,20 +939,11 @@ def comparison(r: Results) -> str:
     return text + "."
 
 
-def _loads(r: Results) -> str:
-    names = {"start": "at the start", "boot": "before the boots",
-             "memory": "before the guest's memory and idle CPU",
-             "mmdebstrap": "before mmdebstrap", "end": "at the end"}
-    return "; ".join(f"{_load(r.loads[key])} {label}" for key, label in names.items()
-                     if key in r.loads)
-
-
-def _phases(r: Results) -> str:
-    names = {"builds": "builds and playbooks", "boots": "boots and the guest's figures",
-             "mmdebstrap": "mmdebstrap"}
-    parts = [f"{label} {r.phases[key] / 60:.1f} min" for key, label in names.items()
-             if key in r.phases]
-    return f"{r.phases.get('total', 0) / 60:.1f} min in all ({', '.join(parts)})"
+LOAD_LABELS = {"start": "at the start", "boot": "before the boots",
+               "memory": "before the guest's memory and idle CPU",
+               "mmdebstrap": "before mmdebstrap", "end": "at the end"}
+PHASE_LABELS = {"builds": "builds and playbooks", "boots": "boots and the guest's figures",
+                "mmdebstrap": "mmdebstrap"}
 
 
 def task_growth(one: Sequence[PlaybookRun], every: Sequence[PlaybookRun]
@@ -1159,22 +965,22 @@ def task_growth(one: Sequence[PlaybookRun], every: Sequence[PlaybookRun]
 def notes(r: Results) -> str:
     paragraphs = []
     if r.sequential and r.every:
-        calls = _med([s for run in r.every for s in run.image_calls]) or 0.0
+        calls = med([s for run in r.every for s in run.image_calls]) or 0.0
         growth = task_growth(r.one, r.every)
         tasks = "; ".join(f"`{name}` {total:.1f} s (+{per:.2f} s a host)"
                           for name, total, per in growth[:5])
         paragraphs.append(
-            f"**Per extra host.** The builder alone costs {_med(r.sequential):.2f} s a host "
+            f"**Per extra host.** The builder alone costs {med(r.sequential):.2f} s a host "
             f"(median): `python -m firmware image` starts Python, stages the host's overlay, "
             f"packs it as a squashfs, copies the kernel, initramfs and root squashfs into the "
-            f"{_mib(r.image_bytes)} image and hashes it (header, manifest, SHA256SUMS). In the "
+            f"{mib(r.image_bytes)} image and hashes it (header, manifest, SHA256SUMS). In the "
             f"playbook Ansible runs up to {_forks()} hosts' builders at once on this machine's "
             f"{os.cpu_count()} cores, so each takes {calls:.2f} s there. The rest of the "
             f"playbook's time is Ansible's: with {len(r.hosts)} hosts the tasks that grow most "
             f"with the hosts were (ansible.posix.profile_tasks, wall time of the task over all "
             f"hosts, medians): {tasks or 'not recorded'}.")
     if r.boots:
-        window = _med([b.window for b in r.boots]) or 0.0
+        window = med([b.window for b in r.boots]) or 0.0
         paragraphs.append(
             f"**Boot.** QEMU emulates the MIPS CPU in software (TCG). \"Power-on\" is the "
             f"launcher's start (`EmulatedBoard.start`: it reads the flash, checks the image and "
@@ -1208,9 +1014,9 @@ def notes(r: Results) -> str:
             f"{poll:g} s over mutual TLS on a connection it keeps open "
             f"(`probe_daemon/transport.py`, `Supervisor`): the idle figures are what those "
             f"polls cost ({polls:.0f} polls in a window{per_poll}). The "
-            f"{_n(len(m.spec_seconds), 'specification')} (`ping-average-ip4` from the probe "
+            f"{plural(len(m.spec_seconds), 'specification')} (`ping-average-ip4` from the probe "
             f"to the host, `Testbed.measure`: `when = now + 5s / 1s`) took "
-            f"{_med(m.spec_seconds) or 0:.1f} s each from POST to result (median), most of it "
+            f"{med(m.spec_seconds) or 0:.1f} s each from POST to result (median), most of it "
             f"the supervisor's 5 s stall on every POST and its 1 s relay cycle "
             f"(see the probe daemon's section).")
     if r.omitted:
@@ -1222,16 +1028,10 @@ def notes(r: Results) -> str:
 
 
 def section(r: Results, command: str) -> str:
-    machine_lines = "\n".join(f"- {k}: {v}" for k, v in [
-        *report.machine(),
-        *r.versions,
-        ("temp dirs", f"{r.args.tmpdir or tempfile.gettempdir()} "
-                      f"({report.filesystem(r.args.tmpdir or tempfile.gettempdir())})"),
-        ("probeforge", r.code),
-        ("load average (1 / 5 / 15 min)", _loads(r) + "; other tests (QEMU boards) may share "
-         "the machine"),
-        ("duration", _phases(r)),
-    ])
+    machine_lines = report.machine_lines(
+        r.versions, tmpdir=r.args.tmpdir, code=r.code, loads=r.loads, load_labels=LOAD_LABELS,
+        phases=r.phases, phase_labels=PHASE_LABELS,
+        sharing="other tests (QEMU boards) may share the machine")
     n = len(r.hosts)
     m = r.mmdebstrap
     mmdebstrap = "" if m is None else f"""
@@ -1240,8 +1040,8 @@ def section(r: Results, command: str) -> str:
   alone, and its dpkg is never used): `{shlex.join(m.command)}`. It resolves and
   downloads with apt, unpacks with dpkg and runs every maintainer script under qemu-user
   (the kernel package's pull in initramfs-tools and run `update-initramfs`). It installed
-  {m.packages} packages ({_mib(m.tree_bytes)} of files, against {r.packages} packages and
-  {_mib(r.base_tree_bytes)} in probeforge's base tree) and stops at a directory: no
+  {m.packages} packages ({mib(m.tree_bytes)} of files, against {r.packages} packages and
+  {mib(r.base_tree_bytes)} in probeforge's base tree) and stops at a directory: no
   squashfs, no initramfs of one's own, no image, no per-host layer. The custom variant
   (only the listed packages) fails as is: dpkg installs everything in one call and
   libc6's preinst finds no shell; essential is the smallest variant that works without
@@ -1279,10 +1079,10 @@ and kernel `{r.kernel}`. Each timed step starts after `sync`.
   end, which tells the builder's time from Ansible's own.
 - *Boot*: the RI supervisor as `rig/testbed.py` starts it (TLS, the copy's PKI), a fresh
   flash holding `{FIRST_HOST}`'s image (`create_flash`, `install_image`), and one
-  `EmulatedBoard`; a fresh supervisor for every boot. {_n(len(r.boots), 'boot')}.
+  `EmulatedBoard`; a fresh supervisor for every boot. {plural(len(r.boots), 'boot')}.
 - *Daemon in the guest*: after the last boot registered, over SSH: VmRSS and VmHWM (and
   VmRSS's split into RssAnon and RssFile), then the daemon's CPU time over
-  {r.args.idle:g} s of idling, then {_n(r.args.specs, 'ping specification')} through the
+  {r.args.idle:g} s of idling, then {plural(r.args.specs, 'ping specification')} through the
   supervisor with the RI client (`Testbed.measure`), then VmRSS, VmHWM and the idle CPU
   time again.{mmdebstrap}
 
@@ -1359,7 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/firmware.py", *shown])
     if args.write:
         write_section(args.write, section(results, command))
-        _progress(f"wrote the firmware section of {args.write}")
+        progress(f"wrote the firmware section of {args.write}")
     print(render_table(build_rows(results), "s"))
     print()
     print(size_table(results))
