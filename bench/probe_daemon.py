@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -763,33 +762,7 @@ Latency, step by step (medians, seconds):
 {comparison(r)}
 
 {notes(r)}"""
-    return f"{START}\n{reflow(body).rstrip()}\n{END}\n"
-
-
-def reflow(markdown: str, width: int = 95) -> str:
-    """Re-wrap paragraphs and list items (the figures make hand-wrapped lines ragged);
-    headings, tables and HTML comments stay as they are."""
-    blocks = []
-    for block in markdown.split("\n\n"):
-        if block.startswith(("#", "|", "<!--")):
-            blocks.append(block)
-            continue
-        items: list[list[str]] = []
-        for line in block.splitlines():
-            if line.startswith("- ") or not items:
-                items.append([line])
-            else:
-                items[-1].append(line)
-        filled = []
-        for item in items:
-            text = " ".join(part.strip() for part in item)
-            bullet = item[0].startswith("- ")
-            filled.append(textwrap.fill(
-                text.removeprefix("- ") if bullet else text, width,
-                initial_indent="- " if bullet else "", subsequent_indent="  " if bullet else "",
-                break_long_words=False, break_on_hyphens=False))
-        blocks.append("\n".join(filled))
-    return "\n\n".join(blocks) + "\n"
+    return f"{START}\n{report.reflow(body).rstrip()}\n{END}\n"
 
 
 def _code_version() -> tuple[str, str]:
